@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh Debian machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= trajforge-data
+
+.PHONY: run test lint bench chromium clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Chromium from Debian's packages where it is missing (the web environments drive it).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	 { if command -v apt-get >/dev/null 2>&1; then \
+	     SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	     $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	   else echo "chromium: no apt-get here; run '$(BIN)/playwright install chromium'"; fi; }
+
+run: $(STAMP) chromium
+	$(BIN)/trajforge run --out $(OUT)
+
+test: $(STAMP) chromium
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/rollout.py
+
+clean:
+	rm -rf $(VENV) $(OUT)

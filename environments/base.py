@@ -1,0 +1,67 @@
+"""The Environment protocol that every adapter speaks, and what its calls return.
+
+An adapter is a class constructed with keyword options (from the run config) that
+implements the methods below. `snapshot`/`restore` and `walkthrough` are optional:
+callers check `supports_snapshot` and get `None` from `walkthrough()` when there is none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class EnvironmentError_(RuntimeError):
+    """An environment failed on one item (crash, timeout): that item fails, not the run."""
+
+
+class ConfigError(ValueError):
+    """A user's mistake in options: names the field, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What an environment needs to start an episode: a task name within it and a seed."""
+
+    env_task: str
+    seed: int
+    instruction: str = ""
+
+
+@dataclass
+class Reset:
+    observation: str
+    instruction: str
+
+
+@dataclass
+class StepOutcome:
+    observation: str
+    reward: float
+    done: bool
+    success: bool | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Environment(Protocol):
+    name: str
+    supports_snapshot: bool
+
+    def task_specs(self, n: int, seed: int) -> list[TaskSpec]:
+        """n environment-native tasks, deterministic for the seed."""
+
+    def reset(self, task: TaskSpec) -> Reset: ...
+
+    def admissible_actions(self) -> list[str]: ...
+
+    def step(self, action: str) -> StepOutcome: ...
+
+    def walkthrough(self) -> list[str] | None:
+        """Actions that solve the task from the current state, when the environment knows."""
+
+    def snapshot(self) -> Any: ...
+
+    def restore(self, state: Any) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,115 @@
+"""A tiny deterministic environment for tests: walk a corridor, take the key, open the door.
+
+Tasks are named `corridor-L-K` (corridor length L, key in room K). A task named with the
+suffix `-crash` raises on its second step, so tests can prove that a crashing environment
+fails one item and not the run.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from trajforge.environments.base import EnvironmentError_, Reset, StepOutcome, TaskSpec
+
+
+@dataclass(frozen=True)
+class _State:
+    room: int = 0
+    has_key: bool = False
+    done: bool = False
+    steps: int = 0
+
+
+class ToyEnvironment:
+    name = "toy"
+    supports_snapshot = True
+
+    def __init__(self, max_length: int = 4) -> None:
+        self.max_length = max_length
+        self._length = 0
+        self._key = 0
+        self._crash = False
+        self._state = _State()
+
+    def task_specs(self, n: int, seed: int) -> list[TaskSpec]:
+        rng = random.Random(seed)
+        specs = []
+        for _ in range(n):
+            length = rng.randint(2, self.max_length)
+            key = rng.randint(0, length - 1)
+            specs.append(TaskSpec(f"corridor-{length}-{key}", seed=rng.randrange(2**31)))
+        return specs
+
+    def reset(self, task: TaskSpec) -> Reset:
+        parts = task.env_task.split("-")
+        self._length, self._key = int(parts[1]), int(parts[2])
+        self._crash = task.env_task.endswith("-crash")
+        self._state = _State()
+        instruction = f"Take the key and open the door at the end of the corridor (room {self._length})."
+        return Reset(self._describe(), instruction)
+
+    def _describe(self) -> str:
+        s = self._state
+        here = f"You are in room {s.room} of {self._length}."
+        if s.room == self._key and not s.has_key:
+            here += " A key lies here."
+        if s.room == self._length:
+            here += " A locked door is here."
+        return here + (" You carry a key." if s.has_key else "")
+
+    def admissible_actions(self) -> list[str]:
+        s = self._state
+        if s.done:
+            return []
+        actions = []
+        if s.room < self._length:
+            actions.append("go east")
+        if s.room > 0:
+            actions.append("go west")
+        if s.room == self._key and not s.has_key:
+            actions.append("take key")
+        if s.room == self._length and s.has_key:
+            actions.append("open door")
+        return actions
+
+    def step(self, action: str) -> StepOutcome:
+        s = self._state
+        if self._crash and s.steps >= 1:
+            raise EnvironmentError_("toy environment crashed (task asked for it)")
+        if action not in self.admissible_actions():
+            self._state = _State(s.room, s.has_key, s.done, s.steps + 1)
+            return StepOutcome("That is not something you can do here.", 0.0, False, None)
+        room, has_key, done = s.room, s.has_key, False
+        if action == "go east":
+            room += 1
+        elif action == "go west":
+            room -= 1
+        elif action == "take key":
+            has_key = True
+        elif action == "open door":
+            done = True
+        self._state = _State(room, has_key, done, s.steps + 1)
+        if done:
+            return StepOutcome("The door opens. You win!", 1.0, True, True)
+        return StepOutcome(self._describe(), 0.0, False, None)
+
+    def walkthrough(self) -> list[str] | None:
+        s = self._state
+        plan: list[str] = []
+        room = s.room
+        if not s.has_key:
+            plan += ["go east" if self._key > room else "go west"] * abs(self._key - room)
+            plan.append("take key")
+            room = self._key
+        plan += ["go east"] * (self._length - room)
+        return plan + ["open door"]
+
+    def snapshot(self) -> _State:
+        return self._state
+
+    def restore(self, state: _State) -> None:
+        self._state = state
+
+    def close(self) -> None:
+        pass

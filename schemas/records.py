@@ -1,0 +1,110 @@
+"""Pydantic records of the data contract (see DESIGN.md). Rows go to Arrow via `.row()`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trajforge.schemas import ids
+
+SCHEMA_VERSION = 1
+
+TaskSource = Literal["env", "template", "explored", "curriculum"]
+SearchKind = Literal["rollout", "best_of_n", "mcts"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def row(self) -> dict:
+        return self.model_dump(mode="python")
+
+
+class Task(Record):
+    task_id: str
+    env: str
+    env_task: str
+    seed: int
+    instruction: str
+    source: TaskSource = "env"
+    parent_task_id: str | None = None
+    run_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def make(cls, env: str, env_task: str, seed: int, instruction: str, **kw) -> Task:
+        return cls(
+            task_id=ids.task_id(env, env_task, seed),
+            env=env,
+            env_task=env_task,
+            seed=seed,
+            instruction=instruction,
+            **kw,
+        )
+
+
+class Step(Record):
+    index: int
+    observation: str
+    action: str
+    thought: str | None = None
+    reward: float = 0.0
+    done: bool = False
+
+
+class Trajectory(Record):
+    trajectory_id: str
+    task_id: str
+    env: str
+    instruction: str
+    search: SearchKind
+    policy: str
+    steps: list[Step]
+    num_steps: int
+    total_reward: float
+    success: bool | None
+    verifier_score: float | None = None
+    verifier_verdict: str | None = None
+    critique: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    env_steps: int = 0
+    wall_s: float = 0.0
+    final_observation: str = ""
+    stop_reason: str = ""
+    run_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Failure(Record):
+    """An item that failed (an environment crash, a timeout): recorded, never fatal to the run."""
+
+    item_id: str
+    task_id: str
+    stage: str
+    reason: str
+    detail: str = ""
+    run_id: str | None = None
+
+
+class RunRecord(Record):
+    run_id: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: str
+    config_json: str
+    config_hash: str
+    code_version: str
+    counts: dict[str, int] = Field(default_factory=dict)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    env_steps: int = 0
+    snapshot_id: int | None = None

@@ -1,0 +1,376 @@
+"""The DuckLake catalog of a run's output: `{out}/catalog.ducklake` plus Parquet under `{out}/lake/`.
+
+One in-memory DuckDB connection per `Lake`, with the packaged ducklake extension loaded from disk
+(nothing is ever downloaded). Writes go through `commit`, which adds only rows whose primary key
+the lake does not hold yet, all tables in one transaction, so a retried or rerun bundle adds
+nothing twice. Reads go through `sql`, which refuses anything but queries.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from trajforge.schemas.arrow import RUNS, TABLES, to_table
+
+CATALOG = "catalog.ducklake"
+DATA_DIR = "lake"
+
+_CONFIG = {
+    "autoinstall_known_extensions": "false",
+    "autoload_known_extensions": "false",
+}
+
+_SCALARS: dict[pa.DataType, str] = {
+    pa.string(): "VARCHAR",
+    pa.large_string(): "VARCHAR",
+    pa.bool_(): "BOOLEAN",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE",
+    pa.binary(): "BLOB",
+    pa.large_binary(): "BLOB",
+}
+
+STEPS_VIEW = """
+CREATE VIEW IF NOT EXISTS lake.steps AS
+SELECT trajectory_id, task_id, env, run_id,
+       s."index" AS step_index, s.observation, s.action, s.thought, s.reward, s.done,
+       success
+FROM (SELECT *, UNNEST(steps) AS s FROM trajectories)
+"""
+
+_READ_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_EXPLAIN_PREFIX = re.compile(r"^\s*explain\s+(analy[sz]e\s+|\([^)]*\)\s*)?", re.IGNORECASE)
+# Table functions that change the lake although they sit in a SELECT's FROM clause.
+_MUTATING_FUNCTIONS = re.compile(
+    r"\b(ducklake_)?(add_data_files|cleanup_old_files|delete_orphaned_files|expire_snapshots"
+    r"|flush_inlined_data|merge_adjacent_files|rewrite_data_files|set_commit_message"
+    r"|set_option|commit)\s*\(",
+    re.IGNORECASE,
+)
+
+
+class LakeError(Exception):
+    """A lake that cannot be opened, a commit that failed (and changed nothing), a bad query."""
+
+
+class ReadOnlyError(LakeError):
+    """A statement that would change the lake, sent down the read-only path."""
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    snapshot_id: int | None
+    added: dict[str, int] = field(default_factory=dict)
+
+
+def extension_path() -> Path:
+    """The ducklake extension shipped by the `duckdb-extension-ducklake` wheel for this duckdb."""
+    version = duckdb.__version__
+    fix = f"install it with: pip install duckdb-extension-ducklake=={version}"
+    try:
+        import duckdb_extension_ducklake
+    except ImportError as exc:
+        raise LakeError(f"the packaged ducklake extension is missing; {fix}") from exc
+    root = Path(duckdb_extension_ducklake.__file__).parent
+    path = root / "extensions" / f"v{version}" / "ducklake.duckdb_extension"
+    if not path.is_file():
+        raise LakeError(f"no ducklake extension for duckdb {version} at {path}; {fix}")
+    return path
+
+
+def duck_type(arrow_type: pa.DataType) -> str:
+    """The DuckDB type that round-trips `arrow_type`."""
+    if pa.types.is_map(arrow_type):
+        return f"MAP({duck_type(arrow_type.key_type)}, {duck_type(arrow_type.item_type)})"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return f"{duck_type(arrow_type.value_type)}[]"
+    if pa.types.is_struct(arrow_type):
+        fields = ", ".join(f"{_quote(f.name)} {duck_type(f.type)}" for f in arrow_type)
+        return f"STRUCT({fields})"
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMPTZ" if arrow_type.tz else "TIMESTAMP"
+    try:
+        return _SCALARS[arrow_type]
+    except KeyError:
+        raise TypeError(f"no DuckDB type for Arrow type {arrow_type}") from None
+
+
+def create_table_sql(name: str, schema: pa.Schema, key: str) -> str:
+    columns = ", ".join(
+        f"{_quote(f.name)} {duck_type(f.type)}{' NOT NULL' if f.name == key else ''}"
+        for f in schema
+    )
+    return f"CREATE TABLE IF NOT EXISTS lake.{_quote(name)} ({columns})"
+
+
+def read_statements(query: str) -> list[str]:
+    """The statements of `query`, or ReadOnlyError if any of them is not a read."""
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise LakeError(f"cannot parse the query: {exc}") from exc
+    if not statements:
+        raise LakeError("the query is empty")
+    for statement in statements:
+        _check_read(statement)
+    return [s.query for s in statements]
+
+
+def _check_read(statement: duckdb.Statement) -> None:
+    kind = statement.type
+    if kind not in _READ_TYPES:
+        raise ReadOnlyError(
+            f"trajforge sql is read-only: {kind.name} statements are refused; "
+            "use SELECT, DESCRIBE, SHOW or EXPLAIN"
+        )
+    if _MUTATING_FUNCTIONS.search(statement.query):
+        raise ReadOnlyError(
+            "trajforge sql is read-only: lake maintenance functions are refused"
+        )
+    if kind == duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE runs the statement it explains: check that one too.
+        for inner in duckdb.extract_statements(_EXPLAIN_PREFIX.sub("", statement.query, 1)):
+            _check_read(inner)
+
+
+class Lake:
+    """An attached DuckLake catalog. Use `Lake.open(out)` as a context manager."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, out: Path, read_only: bool) -> None:
+        self._con = con
+        self.out = out
+        self.read_only = read_only
+
+    @classmethod
+    def open(cls, out: Path | str, read_only: bool = False, snapshot: int | None = None) -> Lake:
+        """Attach `{out}/catalog.ducklake`; a lake read at an old `snapshot` is read-only."""
+        out = Path(out).resolve()
+        read_only = read_only or snapshot is not None
+        catalog = out / CATALOG
+        if read_only and not catalog.is_file():
+            raise LakeError(
+                f"there is no lake at {out}: run `trajforge run --out {out}` first"
+            )
+        path = extension_path()
+        con = duckdb.connect(":memory:", config=_CONFIG)
+        try:
+            con.execute(f"LOAD {_literal(str(path))}")
+            con.execute("SET TimeZone = 'UTC'")
+            if not read_only:
+                out.mkdir(parents=True, exist_ok=True)
+            con.execute(_attach_sql(out, read_only, snapshot))
+            con.execute("USE lake")
+            lake = cls(con, out, read_only)
+            if not read_only:
+                lake._create_tables()
+        except duckdb.Error as exc:
+            con.close()
+            raise LakeError(f"cannot open the lake at {out}: {exc}") from exc
+        return lake
+
+    def __enter__(self) -> Lake:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def _create_tables(self) -> None:
+        """All tables of the contract and the `steps` view, in one snapshot (none if present)."""
+        self._con.execute("BEGIN")
+        try:
+            for name, (schema, key) in TABLES.items():
+                self._con.execute(create_table_sql(name, schema, key))
+                self._add_missing_columns(name, schema)
+            self._con.execute(STEPS_VIEW)
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _add_missing_columns(self, name: str, schema: pa.Schema) -> None:
+        # New columns are added to the contract freely; lakes written before then catch up.
+        rows = self._con.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_catalog = 'lake' AND table_name = ?",
+            [name],
+        ).fetchall()
+        present = {row[0] for row in rows}
+        for f in schema:
+            if f.name not in present:
+                self._con.execute(
+                    f"ALTER TABLE lake.{_quote(name)} ADD COLUMN {_quote(f.name)} {duck_type(f.type)}"
+                )
+
+    def commit(self, tables: dict[str, pa.Table], run: dict[str, Any]) -> CommitResult:
+        """Add the rows whose primary keys are new, plus the run row, as one snapshot.
+
+        Within a batch the first row of each key wins. Nothing new: no snapshot, id None.
+        Any failure rolls everything back and raises LakeError.
+        """
+        if self.read_only:
+            raise LakeError(f"the lake at {self.out} is open read-only; it cannot commit")
+        try:
+            batches = _conform_all(tables, run)
+        except (LakeError, pa.ArrowException, KeyError, TypeError, ValueError) as exc:
+            raise LakeError(f"commit refused, the lake is unchanged: {exc}") from exc
+        try:
+            self._con.execute("BEGIN")
+            added = {name: self._insert_new(name, batch) for name, batch in batches.items()}
+            if not any(added.values()):
+                self._rollback()
+                return CommitResult(None, added)
+            self._set_commit_message(run, added)
+            self._con.execute("COMMIT")
+        except Exception as exc:
+            self._rollback()
+            raise LakeError(f"commit failed, the lake is unchanged: {exc}") from exc
+        return CommitResult(self._last_committed_snapshot(), added)
+
+    def _insert_new(self, name: str, batch: pa.Table) -> int:
+        if batch.num_rows == 0:
+            return 0
+        key = _quote(TABLES[name][1])
+        columns = ", ".join(_quote(c) for c in batch.column_names)
+        incoming = batch.append_column("__order", pa.array(range(batch.num_rows), pa.int64()))
+        self._con.register("__incoming", incoming)
+        try:
+            row = self._con.execute(
+                f"INSERT INTO lake.{_quote(name)} ({columns}) "
+                f"SELECT {columns} FROM __incoming AS i "
+                f"WHERE NOT EXISTS (SELECT 1 FROM lake.{_quote(name)} AS e WHERE e.{key} = i.{key}) "
+                f"QUALIFY row_number() OVER (PARTITION BY i.{key} ORDER BY i.__order) = 1"
+            ).fetchone()
+        finally:
+            self._con.unregister("__incoming")
+        return int(row[0]) if row else 0
+
+    def _set_commit_message(self, run: dict[str, Any], added: dict[str, int]) -> None:
+        run_id = run.get("run_id")
+        extra = json.dumps({"run_id": run_id, "added": added})
+        self._con.execute(
+            "CALL lake.set_commit_message('trajforge', ?, extra_info => ?)",
+            [f"run {run_id}", extra],
+        )
+
+    def _last_committed_snapshot(self) -> int | None:
+        row = self._con.execute("FROM lake.last_committed_snapshot()").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def _rollback(self) -> None:
+        try:
+            self._con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # no transaction left to roll back (a failed COMMIT already ended it)
+
+    def sql(self, query: str) -> pa.Table:
+        """Run a read-only query (tables resolve in the lake); the last statement's rows."""
+        statements = read_statements(query)
+        try:
+            result = pa.table({})
+            for statement in statements:
+                result = self._con.execute(statement).fetch_arrow_table()
+            return result
+        except duckdb.Error as exc:
+            raise LakeError(str(exc).splitlines()[0]) from exc
+
+    def batches(self, query: str, rows_per_batch: int = 10_000) -> pa.RecordBatchReader:
+        """Stream a read-only query; read the reader to the end before the next query."""
+        statements = read_statements(query)
+        if len(statements) != 1:
+            raise LakeError("stream one statement at a time")
+        try:
+            return self._con.execute(statements[0]).fetch_record_batch(rows_per_batch)
+        except duckdb.Error as exc:
+            raise LakeError(str(exc).splitlines()[0]) from exc
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        table = self._con.execute(
+            "SELECT snapshot_id, snapshot_time, changes, commit_message "
+            "FROM lake.snapshots() ORDER BY snapshot_id"
+        ).fetch_arrow_table()
+        rows = table.to_pylist()
+        for row in rows:
+            row["changes"] = dict(row["changes"] or [])  # Arrow gives a MAP as (key, value) pairs
+        return rows
+
+    def snapshot_count(self) -> int:
+        row = self._con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()
+        return int(row[0]) if row else 0
+
+    def runs(self) -> pa.Table:
+        return self._con.execute(
+            "SELECT * FROM lake.runs ORDER BY started_at, run_id"
+        ).fetch_arrow_table()
+
+    def has_run(self, run_id: str) -> bool:
+        row = self._con.execute(
+            "SELECT count(*) FROM lake.runs WHERE run_id = ?", [run_id]
+        ).fetchone()
+        return bool(row and row[0])
+
+
+def _conform_all(tables: dict[str, pa.Table], run: dict[str, Any]) -> dict[str, pa.Table]:
+    """Each incoming table cast to its contract schema, checked before anything is written."""
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise LakeError(f"unknown tables {unknown}; the lake has {sorted(TABLES)}")
+    if "runs" in tables:
+        raise LakeError("pass the run row as `run`, not as a table")
+    batches = {name: _conform(name, table) for name, table in tables.items()}
+    batches["runs"] = _conform("runs", to_table([run], RUNS))
+    return batches
+
+
+def _conform(name: str, table: pa.Table) -> pa.Table:
+    schema, key = TABLES[name]
+    missing = [c for c in schema.names if c not in table.column_names]
+    extra = [c for c in table.column_names if c not in schema.names]
+    if missing or extra:
+        raise LakeError(f"table {name}: missing columns {missing}, unknown columns {extra}")
+    conformed = table.select(schema.names).cast(schema)
+    if conformed.column(key).null_count:
+        raise LakeError(f"table {name}: {conformed.column(key).null_count} rows have no {key}")
+    return conformed
+
+
+def _attach_sql(out: Path, read_only: bool, snapshot: int | None) -> str:
+    # DuckLake stores the data path as an absolute path; overriding it with the one next to
+    # the catalog keeps an output directory usable after it is moved or copied.
+    options = [
+        f"DATA_PATH {_literal(str(out / DATA_DIR) + '/')}",
+        "OVERRIDE_DATA_PATH true",
+        # Every row lands in Parquet (the contract), never inlined into the catalog.
+        "DATA_INLINING_ROW_LIMIT 0",
+    ]
+    if read_only:
+        options.append("READ_ONLY")
+    if snapshot is not None:
+        options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
+    target = _literal(f"ducklake:{out / CATALOG}")
+    return f"ATTACH {target} AS lake ({', '.join(options)})"
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

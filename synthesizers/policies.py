@@ -1,0 +1,95 @@
+"""Policies choose the next action. A policy is built from a SPEC string (see `make_policy`)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from trajforge.environments.base import ConfigError, Environment
+
+
+@dataclass
+class Decision:
+    action: str
+    thought: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+@dataclass
+class Context:
+    """What a policy sees at one step."""
+
+    env: Environment
+    instruction: str
+    observation: str
+    admissible: list[str]
+    history: list[dict] = field(default_factory=list)
+
+
+class Policy(Protocol):
+    spec: str
+
+    def start(self, seed: int) -> None:
+        """Begin an episode; all randomness derives from the seed."""
+
+    def act(self, ctx: Context) -> Decision: ...
+
+
+class RandomPolicy:
+    """Uniform over the admissible actions."""
+
+    spec = "random"
+
+    def __init__(self) -> None:
+        self._rng = random.Random(0)
+
+    def start(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def act(self, ctx: Context) -> Decision:
+        if not ctx.admissible:
+            raise ValueError("no admissible action to choose from")
+        return Decision(self._rng.choice(sorted(ctx.admissible)))
+
+
+class OraclePolicy:
+    """Follows the environment's walkthrough; random where the environment has none."""
+
+    spec = "oracle"
+
+    def __init__(self) -> None:
+        self._fallback = RandomPolicy()
+
+    def start(self, seed: int) -> None:
+        self._fallback.start(seed)
+
+    def act(self, ctx: Context) -> Decision:
+        plan = ctx.env.walkthrough()
+        if plan:
+            return Decision(plan[0], thought="Following the known solution.")
+        return self._fallback.act(ctx)
+
+
+BUILTIN = {"random": RandomPolicy, "oracle": OraclePolicy}
+MODEL_PREFIXES = ("openai:", "hf:", "vllm:")
+
+
+def check_spec(spec: str) -> None:
+    if spec in BUILTIN:
+        return
+    if spec.startswith(MODEL_PREFIXES):
+        raise ConfigError(
+            f"policies: {spec!r} needs the model layer, which this version does not ship yet; "
+            f"use one of {', '.join(BUILTIN)}"
+        )
+    raise ConfigError(
+        f"policies: unknown policy {spec!r}; use random, oracle, openai:URL[#model], hf:PATH "
+        "or vllm:MODEL"
+    )
+
+
+def make_policy(spec: str) -> Policy:
+    check_spec(spec)
+    return BUILTIN[spec]()

@@ -1,0 +1,83 @@
+"""The rollout loop: one episode of a policy in an environment, within step and time limits."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from trajforge.environments.base import Environment, TaskSpec
+from trajforge.schemas.records import Step
+from trajforge.synthesizers.policies import Context, Policy
+
+
+@dataclass
+class Episode:
+    instruction: str
+    steps: list[Step] = field(default_factory=list)
+    total_reward: float = 0.0
+    success: bool | None = None
+    final_observation: str = ""
+    stop_reason: str = ""
+    env_steps: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    wall_s: float = 0.0
+
+
+def rollout(
+    env: Environment,
+    task: TaskSpec,
+    policy: Policy,
+    *,
+    seed: int,
+    max_steps: int,
+    timeout_s: float,
+) -> Episode:
+    """Run one episode. Stops on done, on max_steps, on the time limit, or when no action is
+    admissible. The time limit is checked between steps: a single environment step that
+    blocks is the adapter's to bound."""
+    start = time.monotonic()
+    reset = env.reset(task)
+    policy.start(seed)
+    ep = Episode(instruction=reset.instruction)
+    observation = reset.observation
+    while True:
+        if len(ep.steps) >= max_steps:
+            ep.stop_reason = "max_steps"
+            break
+        if time.monotonic() - start > timeout_s:
+            ep.stop_reason = "timeout"
+            break
+        admissible = env.admissible_actions()
+        if not admissible:
+            ep.stop_reason = "no_admissible_action"
+            break
+        history = [s.row() for s in ep.steps]
+        decision = policy.act(Context(env, ep.instruction, observation, admissible, history))
+        outcome = env.step(decision.action)
+        ep.env_steps += 1
+        ep.tokens_in += decision.tokens_in
+        ep.tokens_out += decision.tokens_out
+        ep.total_reward += outcome.reward
+        ep.steps.append(
+            Step(
+                index=len(ep.steps),
+                observation=observation,
+                action=decision.action,
+                thought=decision.thought,
+                reward=outcome.reward,
+                done=outcome.done,
+            )
+        )
+        observation = outcome.observation
+        if outcome.success is not None:
+            ep.success = outcome.success
+        if outcome.done:
+            ep.stop_reason = "done"
+            break
+    if ep.success is None and ep.stop_reason != "done":
+        ep.success = False  # the episode ended without the environment declaring a win
+    ep.total_reward = round(ep.total_reward, 9)  # no 1.0000000002 from summed fractions
+    ep.final_observation = observation
+    ep.wall_s = time.monotonic() - start
+    return ep

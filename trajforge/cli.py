@@ -1,0 +1,241 @@
+"""The trajforge command line. Heavy libraries are imported inside commands, so `--help`
+answers at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="trajforge manufactures verified training data for LLM agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+OutOpt = Annotated[Path, typer.Option("--out", help="folder of the lake and run records")]
+DEFAULT_OUT = Path("trajforge-data")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+class Search(str, Enum):
+    rollout = "rollout"
+    best_of_n = "best_of_n"
+    mcts = "mcts"
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML run config")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help="environment (repeatable)")] = None,
+    tasks: Annotated[int | None, typer.Option(help="tasks per environment")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the task pool and rollouts")] = None,
+    search: Annotated[Search | None, typer.Option(help="search method")] = None,
+    policy: Annotated[list[str] | None, typer.Option("--policy", help="policy SPEC (repeatable)")] = None,
+    samples: Annotated[int | None, typer.Option(help="rollouts per task and policy (best_of_n)")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="steps per episode")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
+) -> None:
+    """Run (or resume) the pipeline: tasks -> rollouts -> verify -> validate -> commit.
+
+    Arguments after `--` are Beam pipeline options, e.g.
+    `trajforge run -- --direct_num_workers 2 --direct_running_mode multi_processing`.
+    """
+    from trajforge.config import load_config
+    from trajforge.environments.base import ConfigError
+
+    try:
+        cfg = load_config(
+            config, out=out, envs=env or None, tasks=tasks, seed=seed,
+            search=search.value if search else None, policies=policy or None,
+            samples=samples, max_steps=max_steps,
+        )
+        if ctx.args:
+            cfg = cfg.model_copy(update={"pipeline_options": cfg.pipeline_options + list(ctx.args)})
+        _check_runnable(cfg)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    _quiet_prefect(verbose)
+    from trajforge.flows.run import ValidationFailed, run_flow
+
+    try:
+        summary = run_flow(cfg)
+    except ValidationFailed as exc:
+        raise fail(str(exc), code=1) from None
+    _print_summary(cfg, summary)
+
+
+def _check_runnable(cfg: Any) -> None:
+    from trajforge.environments.base import ConfigError
+    from trajforge.synthesizers.policies import check_spec
+
+    for spec in cfg.policies:
+        check_spec(spec)
+    if cfg.search == "mcts":
+        raise ConfigError("search: 'mcts' is not available in this version; use rollout or best_of_n")
+
+
+def _print_summary(cfg: Any, summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if summary["status"] == "already_committed":
+        console.print(f"Run {summary['run_id']} is already in the lake: nothing to do.")
+    else:
+        counts = summary["counts"]
+        failed = sum(v for k, v in counts.items() if k.startswith("failed:"))
+        table = Table(title=f"run {summary['run_id']}")
+        for col in ("tasks", "trajectories", "successes", "failed items", "env steps", "wall s"):
+            table.add_column(col, justify="right")
+        table.add_row(
+            str(counts.get("tasks", 0)), str(counts.get("trajectories", 0)),
+            str(counts.get("successes", 0)), str(failed), str(summary["env_steps"]),
+            f"{summary['wall_s']:.1f}",
+        )
+        console.print(table)
+        added = summary.get("added", {})
+        console.print(
+            f"Added to the lake: {added.get('trajectories', 0)} trajectories, "
+            f"{added.get('tasks', 0)} tasks (snapshot {summary.get('snapshot_id')})."
+        )
+    console.print(f"Data: {cfg.out.resolve()}")
+    out_flag = "" if cfg.out == DEFAULT_OUT else f" --out {cfg.out}"
+    console.print(
+        "Try: trajforge sql" + out_flag
+        + ' "SELECT env, policy, count(*) AS n, avg(success::int) AS success_rate'
+        + ' FROM trajectories GROUP BY ALL ORDER BY ALL"'
+    )
+
+
+def _open_lake(out: Path, snapshot: int | None = None) -> Any:
+    from trajforge.store.lake import Lake, LakeError
+
+    try:
+        return Lake.open(out, read_only=True, snapshot=snapshot)
+    except LakeError as exc:
+        raise fail(str(exc)) from None
+
+
+def _emit(table: Any, fmt: Format) -> None:
+    if fmt is Format.csv:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, sys.stdout.buffer)
+    elif fmt is Format.json:
+        typer.echo(json.dumps(table.to_pylist(), default=str, indent=1))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        view = Table(show_lines=False)
+        for name in table.column_names:
+            view.add_column(name, overflow="fold")
+        for row in table.to_pylist():
+            view.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+        Console().print(view)
+        typer.echo(f"({table.num_rows} rows)", err=True)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="a read-only SQL query; tables: runs, tasks, trajectories, steps, ...")],
+    out: OutOpt = DEFAULT_OUT,
+    format: Annotated[Format, typer.Option("--format", help="table, csv or json")] = Format.table,
+    snapshot: Annotated[int | None, typer.Option(help="read the lake as of this snapshot")] = None,
+) -> None:
+    """Query the lake with DuckDB SQL (read-only)."""
+    from trajforge.store.lake import LakeError
+
+    with _open_lake(out, snapshot) as lake:
+        try:
+            result = lake.sql(query)
+        except LakeError as exc:
+            raise fail(str(exc)) from None
+    _emit(result, format)
+
+
+@app.command()
+def runs(out: OutOpt = DEFAULT_OUT, format: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
+    """List runs: those in the lake and those that stopped before committing."""
+    import pyarrow as pa
+
+    from trajforge.flows.staging import list_run_dirs
+    from trajforge.store.lake import Lake
+
+    rows: list[dict[str, Any]] = []
+    committed: set[str] = set()
+    if Lake.exists(out):
+        with _open_lake(out) as lake:
+            for r in lake.runs().to_pylist():
+                committed.add(r["run_id"])
+                rows.append(_run_row(r["run_id"], r["status"], r["started_at"], dict(r["counts"] or []), r["snapshot_id"]))
+    for run_dir in list_run_dirs(out):
+        if run_dir.run_id not in committed:
+            m = run_dir.manifest()
+            rows.append(_run_row(run_dir.run_id, m.get("status", "?"), m.get("started_at"), {}, None, m.get("summary", "")))
+    if not rows:
+        raise fail(f"no runs under {out}; start one with `trajforge run --out {out}`")
+    _emit(pa.Table.from_pylist(rows), format)
+
+
+def _run_row(run_id: str, status: str, started: Any, counts: dict, snapshot: Any, note: str = "") -> dict:
+    kept = {k: v for k, v in counts.items() if k in ("tasks", "trajectories", "successes")}
+    dropped = {k: v for k, v in counts.items() if k.startswith(("failed:", "dropped:"))}
+    return {
+        "run_id": run_id, "status": status, "started_at": str(started or ""),
+        "kept": json.dumps(kept), "dropped": json.dumps(dropped), "snapshot": snapshot, "note": note,
+    }
+
+
+class ExportFormat(str, Enum):
+    sft = "sft"
+
+
+@app.command()
+def export(
+    dest: Annotated[Path, typer.Option("--dest", help="folder to write the dataset into")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="sft")] = ExportFormat.sft,
+    out: OutOpt = DEFAULT_OUT,
+    where: Annotated[str | None, typer.Option(help="extra SQL filter on trajectories")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --dest")] = False,
+) -> None:
+    """Export training shards (Hugging Face layout: data/train-00000-of-0000N.parquet)."""
+    from trajforge.store.export import ExportError, export_sft
+    from trajforge.store.lake import LakeError
+
+    with _open_lake(out) as lake:
+        try:
+            result = export_sft(lake, dest, where=where, overwrite=overwrite)
+        except (ExportError, LakeError) as exc:
+            raise fail(str(exc)) from None
+    typer.echo(f"wrote {result.rows} conversations to {len(result.shards)} shard(s) under {dest}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,125 @@
+"""The run configuration: one pydantic model, loaded from YAML plus command-line overrides."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trajforge import __version__
+from trajforge.environments.base import ConfigError
+from trajforge.schemas.ids import canonical_json
+
+# Settings that decide where and how fast a run executes, not what data it makes:
+# they stay out of the fingerprint, so moving a run to another runner or folder keeps its id.
+EXECUTION_FIELDS = {"out", "pipeline_options", "workers"}
+
+
+class EnvSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs. Unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: Path = Field(Path("trajforge-data"), description="folder of the lake and run records")
+    envs: list[EnvSpec] = Field(default_factory=lambda: [EnvSpec(name="textworld")], min_length=1)
+    tasks: int = Field(6, ge=1, le=100_000, description="tasks per environment")
+    seed: int = Field(0, ge=0)
+    search: Literal["rollout", "best_of_n", "mcts"] = "rollout"
+    policies: list[str] = Field(default_factory=lambda: ["oracle", "random"], min_length=1)
+    samples: int = Field(1, ge=1, le=1000, description="rollouts per task and policy (best_of_n)")
+    max_steps: int = Field(40, ge=1, le=10_000, description="environment steps per episode")
+    episode_timeout_s: float = Field(120.0, gt=0, description="wall time per episode")
+    pipeline_options: list[str] = Field(default_factory=lambda: ["--runner=FnApiRunner"])
+    workers: int = Field(2, ge=1, le=256, description="processes for preparing environments")
+
+    @field_validator("envs", mode="before")
+    @classmethod
+    def _names_to_specs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _one_policy(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def fingerprint_json(self) -> str:
+        return canonical_json(self.model_dump(mode="json", exclude=EXECUTION_FIELDS))
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.fingerprint_json().encode()).hexdigest()[:16]
+
+    @property
+    def run_id(self) -> str:
+        """Same data settings and same code: same run, so a rerun resumes instead of forking."""
+        return hashlib.sha256(f"{self.config_hash}:{code_version()}".encode()).hexdigest()[:16]
+
+    @property
+    def sample_count(self) -> int:
+        return 1 if self.search == "rollout" else self.samples
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version plus the git commit when running from a checkout."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def _explain(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "config"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        known = ", ".join(sorted(RunConfig.model_fields))
+        return f"{field}: unknown field; remove it (known fields: {known})"
+    return f"{field}: {value!r} is invalid: {err['msg']}; fix the '{field}' field or its flag"
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> RunConfig:
+    """YAML file (optional) then overrides (flags); None overrides are ignored."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {path}: {exc.strerror}; pass an existing file") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config: {path} is not valid YAML ({exc}); fix the file") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"--config: {path} must hold a mapping of fields, not {type(loaded).__name__}")
+        data = loaded or {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    from trajforge.environments import registry
+
+    for env in config.envs:
+        registry.environment_class(env.name)
+    return config
