@@ -82,8 +82,18 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 
 # Interpreter meta commands desynchronise TextWorld's state tracker (restart, quit, ...).
 _META_VERBS = frozenset(
-    {"quit", "q", "restart", "save", "restore", "undo", "script", "unscript", "transcript",
-     "noscript"}
+    {
+        "quit",
+        "q",
+        "restart",
+        "save",
+        "restore",
+        "undo",
+        "script",
+        "unscript",
+        "transcript",
+        "noscript",
+    }
 )
 _META_REPLY = "That command is not available in this game."
 _BANNER_CHARS = set(" _|\\$/<>")
@@ -165,9 +175,7 @@ def parse_env_task(env_task: str) -> tuple[str, dict[str, Any], int]:
         raise ConfigError(f"env_task: {env_task!r} is malformed; write it like {example!r}")
     challenge = pieces[0]
     if challenge not in SCHEMAS:
-        raise ConfigError(
-            f"env_task: unknown challenge in {env_task!r}; use one of {', '.join(SCHEMAS)}"
-        )
+        raise ConfigError(f"env_task: unknown challenge in {env_task!r}; use one of {', '.join(SCHEMAS)}")
     given: dict[str, Any] = {}
     for item in filter(None, pieces[1].split(",")):
         key, sep, text = item.partition("=")
@@ -185,7 +193,7 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where games live: <cache_dir or $TRAJFORGE_CACHE or ~/.cache/trajforge>/textworld/<ver>."""
     base = cache_dir or os.environ.get("TRAJFORGE_CACHE") or Path.home() / ".cache" / "trajforge"
     # The same seed gives another game under another generator version: keep them apart.
-    return Path(base).expanduser() / "textworld" / version("textworld")
+    return Path(base).expanduser().absolute() / "textworld" / version("textworld")
 
 
 def _game_dir(root: Path, env_task: str) -> Path:
@@ -217,7 +225,11 @@ def _generate(env_task: str, dest: Path) -> None:
 def ensure_game(env_task: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The game file of env_task, generated first if the cache lacks it."""
     parse_env_task(env_task)
-    final = _game_dir(cache_root(cache_dir), env_task)
+    return _ensure_in(cache_root(cache_dir), env_task)
+
+
+def _ensure_in(root: Path, env_task: str) -> Path:
+    final = _game_dir(root, env_task)
     if (final / GAME_FILE).is_file():
         return final / GAME_FILE
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -225,11 +237,10 @@ def ensure_game(env_task: str, cache_dir: str | os.PathLike[str] | None = None) 
     try:
         try:
             _generate(env_task, tmp)
-        except ConfigError:
-            raise
         except Exception as exc:
             raise EnvironmentError_(f"textworld: could not generate {env_task!r}: {exc}") from exc
         (tmp / "env_task.txt").write_text(env_task + "\n")
+        tmp.chmod(0o755)  # mkdtemp made it private; the cache may be shared
         try:
             tmp.rename(final)
         except OSError:
@@ -253,19 +264,24 @@ def ensure_games(
     missing = [t for t in dict.fromkeys(env_tasks) if not (_game_dir(root, t) / GAME_FILE).is_file()]
     if len(missing) > 1 and workers > 1:
         # spawn: forking a parent that runs threads (Beam, Prefect) can deadlock.
-        with ProcessPoolExecutor(min(workers, len(missing)), mp_context=get_context("spawn")) as pool:
-            futures = {t: pool.submit(ensure_game, t, root.parent.parent) for t in missing}
-            failures = {t: f.exception() for t, f in futures.items() if f.exception()}
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(missing)), mp_context=ctx) as pool:
+            errors = list(pool.map(_try_ensure, [root] * len(missing), missing))
     else:
-        failures = {}
-        for env_task in missing:
-            try:
-                ensure_game(env_task, root.parent.parent)
-            except EnvironmentError_ as exc:
-                failures[env_task] = exc
-    for env_task, exc in failures.items():
-        log.warning("textworld: dropped game %s: reason=%s", env_task, exc)
-    return {t: _game_dir(root, t) / GAME_FILE for t in env_tasks if t not in failures}
+        errors = [_try_ensure(root, t) for t in missing]
+    failed = {t: error for t, error in zip(missing, errors, strict=True) if error}
+    for env_task, error in failed.items():
+        log.warning("textworld: dropped game %s: reason=%s", env_task, error)
+    return {t: _game_dir(root, t) / GAME_FILE for t in env_tasks if t not in failed}
+
+
+def _try_ensure(root: Path, env_task: str) -> str | None:
+    """None when the game is there, else why not (runs in worker processes)."""
+    try:
+        _ensure_in(root, env_task)
+    except (EnvironmentError_, OSError) as exc:
+        return str(exc)
+    return None
 
 
 # ---- the environment ----------------------------------------------------------------------
@@ -288,8 +304,13 @@ def _request_infos() -> Any:
     from textworld import EnvInfos
 
     return EnvInfos(
-        objective=True, admissible_commands=True, score=True, max_score=True, won=True,
-        lost=True, policy_commands=True,
+        objective=True,
+        admissible_commands=True,
+        score=True,
+        max_score=True,
+        won=True,
+        lost=True,
+        policy_commands=True,
     )
 
 
@@ -314,7 +335,7 @@ class TextWorldEnvironment:
         self,
         challenge: str = "tw-cooking",
         options: dict[str, Any] | None = None,
-        cache_dir: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.challenge = _check_challenge(challenge)
         if options is not None and not isinstance(options, dict):
@@ -343,6 +364,10 @@ class TextWorldEnvironment:
             raise ConfigError(f"tasks: n={n} is negative; ask for 0 or more tasks")
         seeds = random.Random(seed).sample(range(2**31), n)  # distinct games
         return [TaskSpec(format_env_task(self.challenge, self.settings, s), seed=s) for s in seeds]
+
+    def prepare(self, specs: list[TaskSpec], workers: int = 2) -> None:
+        """Build the missing games of a run up front, in parallel, before rollouts fan out."""
+        ensure_games([s.env_task for s in specs], self.cache_dir, workers=workers)
 
     def reset(self, task: TaskSpec) -> Reset:
         path = ensure_game(task.env_task, self.cache_dir)

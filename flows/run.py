@@ -118,7 +118,9 @@ def commit(config: RunConfig, run_dir: RunDir, tables: dict[str, pa.Table], reco
     return {"snapshot_id": result.snapshot_id, "added": result.added}
 
 
-def _run_record(config: RunConfig, tables: dict[str, pa.Table], counts: Counter, started: datetime) -> RunRecord:
+def _run_record(
+    config: RunConfig, tables: dict[str, pa.Table], counts: Counter, started: datetime
+) -> RunRecord:
     traj = tables["trajectories"]
     total = lambda col: int(pa.compute.sum(traj[col]).as_py() or 0)  # noqa: E731
     return RunRecord(
@@ -138,8 +140,9 @@ def _run_record(config: RunConfig, tables: dict[str, pa.Table], counts: Counter,
 
 
 @flow(name="trajforge-run", log_prints=True)
-def run_flow(config: RunConfig) -> dict[str, Any]:
-    """Run (or resume) one configured run and return its summary."""
+def run_flow(config: RunConfig, dry_run: bool = False) -> dict[str, Any]:
+    """Run (or resume) one configured run and return its summary. A dry run stops after
+    validation; running the same config again later commits the staged batch."""
     logger = get_run_logger()
     started_wall = time.monotonic()
     run_dir = RunDir(config.out, config.run_id)
@@ -158,12 +161,13 @@ def run_flow(config: RunConfig) -> dict[str, Any]:
     tables, counts = validate(config, run_dir)
     _count(tables, counts)
     record = _run_record(config, tables, counts, started)
-    committed = commit(config, run_dir, tables, record)
-    return {
+    summary = {
         "run_id": config.run_id,
-        "status": "committed",
+        "status": "validated" if dry_run else "committed",
         "counts": dict(counts),
         "env_steps": record.env_steps,
-        "wall_s": round(time.monotonic() - started_wall, 1),
-        **committed,
     }
+    if not dry_run:
+        summary.update(commit(config, run_dir, tables, record))
+    summary["wall_s"] = round(time.monotonic() - started_wall, 1)
+    return summary

@@ -1,8 +1,8 @@
 """A run's folder: its manifest (status), the Parquet the pipeline staged, the validation report.
 
-    OUT/runs/RUN_ID/manifest.json     status: running | staged | validation_failed | committed
-    OUT/runs/RUN_ID/staging/TABLE/    part-*.parquet written by the pipeline
-    OUT/runs/RUN_ID/validation.json   the Great Expectations report of the last validation
+OUT/runs/RUN_ID/manifest.json     status: running | staged | validation_failed | committed
+OUT/runs/RUN_ID/staging/TABLE/    part-*.parquet written by the pipeline
+OUT/runs/RUN_ID/validation.json   the Great Expectations report of the last validation
 """
 
 from __future__ import annotations

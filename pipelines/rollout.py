@@ -7,21 +7,26 @@ same pipeline runs on a distributed runner by pipeline options alone.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+# Beam warns at import that Google Cloud clients are absent; they are not needed here.
+logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
 
-from trajforge.environments import registry
-from trajforge.environments.base import Environment, TaskSpec
-from trajforge.schemas import arrow, ids
-from trajforge.schemas.records import Failure, Task, Trajectory
-from trajforge.synthesizers.policies import make_policy
-from trajforge.synthesizers.rollout import rollout
-from trajforge.validators.verifier import environment_verdict
+import apache_beam as beam  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+from trajforge.environments import registry  # noqa: E402
+from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
+from trajforge.schemas import arrow, ids  # noqa: E402
+from trajforge.schemas.records import Failure, Task, Trajectory  # noqa: E402
+from trajforge.synthesizers.policies import make_policy  # noqa: E402
+from trajforge.synthesizers.rollout import rollout  # noqa: E402
+from trajforge.validators.verifier import environment_verdict  # noqa: E402
 
 FAILURES = "failures"
 STAGED_TABLES = ("tasks", "trajectories", "failures")
@@ -47,10 +52,8 @@ class _EnvDoFn(beam.DoFn):
         """After a crash the environment's state is unknown: start the next item afresh."""
         env = self._envs.pop(name, None)
         if env is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken environment may fail too
                 env.close()
-            except Exception:  # noqa: BLE001 - closing a broken environment may fail too
-                pass
 
     def teardown(self) -> None:
         for name in list(self._envs):
@@ -163,9 +166,8 @@ def build(
         described.tasks
         | "Expand" >> beam.FlatMap(lambda t: [(t, pol, i) for pol in policies for i in range(samples)])
         | "Reshuffle work" >> beam.Reshuffle()
-        | "Rollout" >> beam.ParDo(Rollout(env_options, run_id, settings)).with_outputs(
-            FAILURES, main="trajectories"
-        )
+        | "Rollout"
+        >> beam.ParDo(Rollout(env_options, run_id, settings)).with_outputs(FAILURES, main="trajectories")
     )
     _write(described.tasks, staging, "tasks")
     _write(work.trajectories, staging, "trajectories")

@@ -23,6 +23,4 @@ def task_id(env: str, env_task: str, seed: int) -> str:
 
 
 def trajectory_id(task_id: str, policy: str, search: dict[str, Any], sample_index: int) -> str:
-    return content_id(
-        "trajectory", task_id=task_id, policy=policy, search=search, sample=sample_index
-    )
+    return content_id("trajectory", task_id=task_id, policy=policy, search=search, sample=sample_index)

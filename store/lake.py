@@ -1,4 +1,4 @@
-"""The DuckLake catalog of a run's output: `{out}/catalog.ducklake` plus Parquet under `{out}/lake/`.
+"""The DuckLake catalog of a run's output: `{out}/catalog.ducklake`, Parquet under `{out}/lake/`.
 
 One in-memory DuckDB connection per `Lake`, with the packaged ducklake extension loaded from disk
 (nothing is ever downloaded). Writes go through `commit`, which adds only rows whose primary key
@@ -8,6 +8,7 @@ nothing twice. Reads go through `sql`, which refuses anything but queries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -107,8 +108,7 @@ def duck_type(arrow_type: pa.DataType) -> str:
 
 def create_table_sql(name: str, schema: pa.Schema, key: str) -> str:
     columns = ", ".join(
-        f"{_quote(f.name)} {duck_type(f.type)}{' NOT NULL' if f.name == key else ''}"
-        for f in schema
+        f"{_quote(f.name)} {duck_type(f.type)}{' NOT NULL' if f.name == key else ''}" for f in schema
     )
     return f"CREATE TABLE IF NOT EXISTS lake.{_quote(name)} ({columns})"
 
@@ -134,9 +134,7 @@ def _check_read(statement: duckdb.Statement) -> None:
             "use SELECT, DESCRIBE, SHOW or EXPLAIN"
         )
     if _MUTATING_FUNCTIONS.search(statement.query):
-        raise ReadOnlyError(
-            "trajforge sql is read-only: lake maintenance functions are refused"
-        )
+        raise ReadOnlyError("trajforge sql is read-only: lake maintenance functions are refused")
     if kind == duckdb.StatementType.EXPLAIN:
         # EXPLAIN ANALYZE runs the statement it explains: check that one too.
         for inner in duckdb.extract_statements(_EXPLAIN_PREFIX.sub("", statement.query, 1)):
@@ -151,16 +149,18 @@ class Lake:
         self.out = out
         self.read_only = read_only
 
+    @staticmethod
+    def exists(out: Path | str) -> bool:
+        """Whether `out` holds a lake (opening it read-only would not fail for want of one)."""
+        return (Path(out) / CATALOG).is_file()
+
     @classmethod
     def open(cls, out: Path | str, read_only: bool = False, snapshot: int | None = None) -> Lake:
         """Attach `{out}/catalog.ducklake`; a lake read at an old `snapshot` is read-only."""
         out = Path(out).resolve()
         read_only = read_only or snapshot is not None
-        catalog = out / CATALOG
-        if read_only and not catalog.is_file():
-            raise LakeError(
-                f"there is no lake at {out}: run `trajforge run --out {out}` first"
-            )
+        if read_only and not cls.exists(out):
+            raise LakeError(f"there is no lake at {out}: run `trajforge run --out {out}` first")
         path = extension_path()
         con = duckdb.connect(":memory:", config=_CONFIG)
         try:
@@ -175,7 +175,7 @@ class Lake:
                 lake._create_tables()
         except duckdb.Error as exc:
             con.close()
-            raise LakeError(f"cannot open the lake at {out}: {exc}") from exc
+            raise LakeError(_open_error(out, exc)) from exc
         return lake
 
     def __enter__(self) -> Lake:
@@ -215,9 +215,8 @@ class Lake:
         present = {row[0] for row in rows}
         for f in schema:
             if f.name not in present:
-                self._con.execute(
-                    f"ALTER TABLE lake.{_quote(name)} ADD COLUMN {_quote(f.name)} {duck_type(f.type)}"
-                )
+                column = f"{_quote(f.name)} {duck_type(f.type)}"
+                self._con.execute(f"ALTER TABLE lake.{_quote(name)} ADD COLUMN {column}")
 
     def commit(self, tables: dict[str, pa.Table], run: dict[str, Any]) -> CommitResult:
         """Add the rows whose primary keys are new, plus the run row, as one snapshot.
@@ -241,21 +240,21 @@ class Lake:
             self._con.execute("COMMIT")
         except Exception as exc:
             self._rollback()
-            raise LakeError(f"commit failed, the lake is unchanged: {exc}") from exc
+            raise LakeError(f"commit failed, the lake is unchanged: {_first_line(exc)}") from exc
         return CommitResult(self._last_committed_snapshot(), added)
 
     def _insert_new(self, name: str, batch: pa.Table) -> int:
         if batch.num_rows == 0:
             return 0
-        key = _quote(TABLES[name][1])
+        table, key = f"lake.{_quote(name)}", _quote(TABLES[name][1])
         columns = ", ".join(_quote(c) for c in batch.column_names)
         incoming = batch.append_column("__order", pa.array(range(batch.num_rows), pa.int64()))
         self._con.register("__incoming", incoming)
         try:
             row = self._con.execute(
-                f"INSERT INTO lake.{_quote(name)} ({columns}) "
+                f"INSERT INTO {table} ({columns}) "
                 f"SELECT {columns} FROM __incoming AS i "
-                f"WHERE NOT EXISTS (SELECT 1 FROM lake.{_quote(name)} AS e WHERE e.{key} = i.{key}) "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS e WHERE e.{key} = i.{key}) "
                 f"QUALIFY row_number() OVER (PARTITION BY i.{key} ORDER BY i.__order) = 1"
             ).fetchone()
         finally:
@@ -275,10 +274,9 @@ class Lake:
         return None if row is None or row[0] is None else int(row[0])
 
     def _rollback(self) -> None:
-        try:
+        # A failed COMMIT has already ended the transaction: nothing left to roll back.
+        with contextlib.suppress(duckdb.Error):
             self._con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass  # no transaction left to roll back (a failed COMMIT already ended it)
 
     def sql(self, query: str) -> pa.Table:
         """Run a read-only query (tables resolve in the lake); the last statement's rows."""
@@ -289,7 +287,7 @@ class Lake:
                 result = self._con.execute(statement).fetch_arrow_table()
             return result
         except duckdb.Error as exc:
-            raise LakeError(str(exc).splitlines()[0]) from exc
+            raise LakeError(_first_line(exc)) from exc
 
     def batches(self, query: str, rows_per_batch: int = 10_000) -> pa.RecordBatchReader:
         """Stream a read-only query; read the reader to the end before the next query."""
@@ -299,7 +297,7 @@ class Lake:
         try:
             return self._con.execute(statements[0]).fetch_record_batch(rows_per_batch)
         except duckdb.Error as exc:
-            raise LakeError(str(exc).splitlines()[0]) from exc
+            raise LakeError(_first_line(exc)) from exc
 
     def snapshots(self) -> list[dict[str, Any]]:
         table = self._con.execute(
@@ -316,14 +314,10 @@ class Lake:
         return int(row[0]) if row else 0
 
     def runs(self) -> pa.Table:
-        return self._con.execute(
-            "SELECT * FROM lake.runs ORDER BY started_at, run_id"
-        ).fetch_arrow_table()
+        return self._con.execute("SELECT * FROM lake.runs ORDER BY started_at, run_id").fetch_arrow_table()
 
     def has_run(self, run_id: str) -> bool:
-        row = self._con.execute(
-            "SELECT count(*) FROM lake.runs WHERE run_id = ?", [run_id]
-        ).fetchone()
+        row = self._con.execute("SELECT count(*) FROM lake.runs WHERE run_id = ?", [run_id]).fetchone()
         return bool(row and row[0])
 
 
@@ -351,6 +345,16 @@ def _conform(name: str, table: pa.Table) -> pa.Table:
     return conformed
 
 
+def _open_error(out: Path, exc: duckdb.Error) -> str:
+    text = str(exc)
+    if "already attached" in text:
+        return f"the lake at {out} is already open in this process: close it or reuse that Lake"
+    if "Could not set lock" in text:
+        # A DuckDB-file catalog admits one process at a time, readers included.
+        return f"the lake at {out} is in use by another process; retry when it has finished"
+    return f"cannot open the lake at {out}: {text.splitlines()[0]}"
+
+
 def _attach_sql(out: Path, read_only: bool, snapshot: int | None) -> str:
     # DuckLake stores the data path as an absolute path; overriding it with the one next to
     # the catalog keeps an output directory usable after it is moved or copied.
@@ -374,3 +378,8 @@ def _quote(identifier: str) -> str:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -85,8 +85,7 @@ def check_spec(spec: str) -> None:
             f"use one of {', '.join(BUILTIN)}"
         )
     raise ConfigError(
-        f"policies: unknown policy {spec!r}; use random, oracle, openai:URL[#model], hf:PATH "
-        "or vllm:MODEL"
+        f"policies: unknown policy {spec!r}; use random, oracle, openai:URL[#model], hf:PATH or vllm:MODEL"
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,13 +28,13 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
 
 
-class Search(str, Enum):
+class Search(StrEnum):
     rollout = "rollout"
     best_of_n = "best_of_n"
     mcts = "mcts"
@@ -45,6 +45,7 @@ def _quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -59,6 +60,7 @@ def run(
     policy: Annotated[list[str] | None, typer.Option("--policy", help="policy SPEC (repeatable)")] = None,
     samples: Annotated[int | None, typer.Option(help="rollouts per task and policy (best_of_n)")] = None,
     max_steps: Annotated[int | None, typer.Option(help="steps per episode")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="stage and validate, do not commit")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
 ) -> None:
     """Run (or resume) the pipeline: tasks -> rollouts -> verify -> validate -> commit.
@@ -71,9 +73,15 @@ def run(
 
     try:
         cfg = load_config(
-            config, out=out, envs=env or None, tasks=tasks, seed=seed,
-            search=search.value if search else None, policies=policy or None,
-            samples=samples, max_steps=max_steps,
+            config,
+            out=out,
+            envs=env or None,
+            tasks=tasks,
+            seed=seed,
+            search=search.value if search else None,
+            policies=policy or None,
+            samples=samples,
+            max_steps=max_steps,
         )
         if ctx.args:
             cfg = cfg.model_copy(update={"pipeline_options": cfg.pipeline_options + list(ctx.args)})
@@ -84,7 +92,7 @@ def run(
     from trajforge.flows.run import ValidationFailed, run_flow
 
     try:
-        summary = run_flow(cfg)
+        summary = run_flow(cfg, dry_run=dry_run)
     except ValidationFailed as exc:
         raise fail(str(exc), code=1) from None
     _print_summary(cfg, summary)
@@ -114,20 +122,29 @@ def _print_summary(cfg: Any, summary: dict[str, Any]) -> None:
         for col in ("tasks", "trajectories", "successes", "failed items", "env steps", "wall s"):
             table.add_column(col, justify="right")
         table.add_row(
-            str(counts.get("tasks", 0)), str(counts.get("trajectories", 0)),
-            str(counts.get("successes", 0)), str(failed), str(summary["env_steps"]),
+            str(counts.get("tasks", 0)),
+            str(counts.get("trajectories", 0)),
+            str(counts.get("successes", 0)),
+            str(failed),
+            str(summary["env_steps"]),
             f"{summary['wall_s']:.1f}",
         )
         console.print(table)
-        added = summary.get("added", {})
-        console.print(
-            f"Added to the lake: {added.get('trajectories', 0)} trajectories, "
-            f"{added.get('tasks', 0)} tasks (snapshot {summary.get('snapshot_id')})."
-        )
+        added = summary.get("added")
+        if added is None:
+            console.print(
+                "Dry run: validated and staged, nothing committed; run again without --dry-run to commit."
+            )
+        else:
+            console.print(
+                f"Added to the lake: {added.get('trajectories', 0)} trajectories, "
+                f"{added.get('tasks', 0)} tasks (snapshot {summary.get('snapshot_id')})."
+            )
     console.print(f"Data: {cfg.out.resolve()}")
     out_flag = "" if cfg.out == DEFAULT_OUT else f" --out {cfg.out}"
     console.print(
-        "Try: trajforge sql" + out_flag
+        "Try: trajforge sql"
+        + out_flag
         + ' "SELECT env, policy, count(*) AS n, avg(success::int) AS success_rate'
         + ' FROM trajectories GROUP BY ALL ORDER BY ALL"'
     )
@@ -164,7 +181,9 @@ def _emit(table: Any, fmt: Format) -> None:
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="a read-only SQL query; tables: runs, tasks, trajectories, steps, ...")],
+    query: Annotated[
+        str, typer.Argument(help="a read-only SQL query; tables: runs, tasks, trajectories, steps, ...")
+    ],
     out: OutOpt = DEFAULT_OUT,
     format: Annotated[Format, typer.Option("--format", help="table, csv or json")] = Format.table,
     snapshot: Annotated[int | None, typer.Option(help="read the lake as of this snapshot")] = None,
@@ -181,7 +200,9 @@ def sql(
 
 
 @app.command()
-def runs(out: OutOpt = DEFAULT_OUT, format: Annotated[Format, typer.Option("--format")] = Format.table) -> None:
+def runs(
+    out: OutOpt = DEFAULT_OUT, format: Annotated[Format, typer.Option("--format")] = Format.table
+) -> None:
     """List runs: those in the lake and those that stopped before committing."""
     import pyarrow as pa
 
@@ -194,11 +215,19 @@ def runs(out: OutOpt = DEFAULT_OUT, format: Annotated[Format, typer.Option("--fo
         with _open_lake(out) as lake:
             for r in lake.runs().to_pylist():
                 committed.add(r["run_id"])
-                rows.append(_run_row(r["run_id"], r["status"], r["started_at"], dict(r["counts"] or []), r["snapshot_id"]))
+                rows.append(
+                    _run_row(
+                        r["run_id"], r["status"], r["started_at"], dict(r["counts"] or []), r["snapshot_id"]
+                    )
+                )
     for run_dir in list_run_dirs(out):
         if run_dir.run_id not in committed:
             m = run_dir.manifest()
-            rows.append(_run_row(run_dir.run_id, m.get("status", "?"), m.get("started_at"), {}, None, m.get("summary", "")))
+            rows.append(
+                _run_row(
+                    run_dir.run_id, m.get("status", "?"), m.get("started_at"), {}, None, m.get("summary", "")
+                )
+            )
     if not rows:
         raise fail(f"no runs under {out}; start one with `trajforge run --out {out}`")
     _emit(pa.Table.from_pylist(rows), format)
@@ -208,12 +237,17 @@ def _run_row(run_id: str, status: str, started: Any, counts: dict, snapshot: Any
     kept = {k: v for k, v in counts.items() if k in ("tasks", "trajectories", "successes")}
     dropped = {k: v for k, v in counts.items() if k.startswith(("failed:", "dropped:"))}
     return {
-        "run_id": run_id, "status": status, "started_at": str(started or ""),
-        "kept": json.dumps(kept), "dropped": json.dumps(dropped), "snapshot": snapshot, "note": note,
+        "run_id": run_id,
+        "status": status,
+        "started_at": str(started or ""),
+        "kept": json.dumps(kept),
+        "dropped": json.dumps(dropped),
+        "snapshot": snapshot,
+        "note": note,
     }
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     sft = "sft"
 
 

@@ -33,7 +33,7 @@ class RunConfig(BaseModel):
 
     out: Path = Field(Path("trajforge-data"), description="folder of the lake and run records")
     envs: list[EnvSpec] = Field(default_factory=lambda: [EnvSpec(name="textworld")], min_length=1)
-    tasks: int = Field(6, ge=1, le=100_000, description="tasks per environment")
+    tasks: int = Field(10, ge=1, le=100_000, description="tasks per environment")
     seed: int = Field(0, ge=0)
     search: Literal["rollout", "best_of_n", "mcts"] = "rollout"
     policies: list[str] = Field(default_factory=lambda: ["oracle", "random"], min_length=1)

@@ -98,18 +98,14 @@ _DERIVED = ["num_steps_matches_steps", "success_has_reward", "step_rewards_sum_t
 
 
 def _schema_outcome(table: str, data: pa.Table) -> ExpectationOutcome:
-    declared = arrow.TABLES[table][0]
-    ok = data.schema.equals(declared, check_metadata=False)
-    detail = "" if ok else f"columns {data.schema.names} with types differing from the contract"
-    if not ok:
-        diff = [
-            f"{f.name}: {data.schema.field(f.name).type if f.name in data.schema.names else 'missing'} != {f.type}"
-            for f in declared
-            if f.name not in data.schema.names or not data.schema.field(f.name).type.equals(f.type)
-        ]
-        extra = [n for n in data.schema.names if n not in declared.names]
-        detail = "; ".join(diff + [f"unexpected column {n}" for n in extra])
-    return ExpectationOutcome(table, "schema_matches_contract", None, ok, detail)
+    declared, got = arrow.TABLES[table][0], data.schema
+    problems = [f"unexpected column {n}" for n in got.names if n not in declared.names]
+    for f in declared:
+        if f.name not in got.names:
+            problems.append(f"{f.name}: missing")
+        elif not got.field(f.name).type.equals(f.type):
+            problems.append(f"{f.name}: {got.field(f.name).type} != {f.type}")
+    return ExpectationOutcome(table, "schema_matches_contract", None, not problems, "; ".join(problems))
 
 
 def _detail(result: Any) -> str:
@@ -125,10 +121,10 @@ def _detail(result: Any) -> str:
 def validate_batch(tables: dict[str, pa.Table], *, max_steps: int) -> ValidationReport:
     """Run the suites over the staged Arrow tables of one run."""
     import great_expectations as gx
-
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = ctx.data_sources.add_pandas("staging")
@@ -138,9 +134,11 @@ def validate_batch(tables: dict[str, pa.Table], *, max_steps: int) -> Validation
             continue
         report.outcomes.append(_schema_outcome(table, tables[table]))
         df = _derive(table, tables[table].to_pandas())
-        batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(
-            "all"
-        ).get_batch(batch_parameters={"dataframe": df})
+        batch = (
+            source.add_dataframe_asset(name=table)
+            .add_batch_definition_whole_dataframe("all")
+            .get_batch(batch_parameters={"dataframe": df})
+        )
         suite = gx.ExpectationSuite(name=f"trajforge.{table}", expectations=expectations)
         for result in batch.validate(suite).results:
             raised = bool(result.exception_info and result.exception_info.get("raised_exception"))

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from trajforge.store.export import SFT, ExportError, export_sft
+from trajforge.store.lake import Lake, LakeError, ReadOnlyError
+
+
+@pytest.fixture
+def lake(out, make):
+    with Lake.open(out) as lake:
+        trajectories = [make.trajectory(i, success=i % 2 == 0, steps=2 + i % 3) for i in range(6)]
+        lake.commit(make.batch(trajectories), make.run_row())
+    with Lake.open(out, read_only=True) as lake:
+        yield lake
+
+
+def test_export_writes_one_shard_of_successful_conversations(lake, tmp_path):
+    dest = tmp_path / "sft"
+    result = export_sft(lake, dest)
+    shard = dest / "data" / "train-00000-of-00001.parquet"
+    assert result.rows == 3
+    assert result.shards == [shard]
+    assert sorted(p.name for p in dest.rglob("*")) == ["data", shard.name]
+    table = pq.read_table(shard)
+    assert table.schema.equals(SFT)
+    assert table.column("trajectory_id").to_pylist() == ["traj-0000", "traj-0002", "traj-0004"]
+    for row in table.to_pylist():
+        roles = [m["role"] for m in row["messages"]]
+        assert roles[0] == "system"
+        assert roles[1:] == ["user", "assistant"] * ((len(roles) - 1) // 2)
+    first = table.slice(0, 1).to_pylist()[0]["messages"]
+    assert first[1]["content"].startswith("Task: reach cell 0\n\nobs 0.0")
+    assert first[2]["content"] == "Thought: go on\nAction: move 0"
+
+
+def test_export_shards_and_filter(lake, tmp_path):
+    result = export_sft(lake, tmp_path / "sft", max_rows_per_shard=1, split="test")
+    assert [p.name for p in result.shards] == [f"test-0000{i}-of-00003.parquet" for i in range(3)]
+    filtered = export_sft(lake, tmp_path / "few", where="num_steps >= 3")
+    assert filtered.rows == 2
+
+
+def test_export_refuses_a_non_empty_dest(lake, tmp_path):
+    dest = tmp_path / "sft"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty.*--overwrite"):
+        export_sft(lake, dest)
+    assert (dest / "keep.txt").read_text() == "mine"
+    result = export_sft(lake, dest, overwrite=True)
+    assert result.rows == 3 and not (dest / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "sft"]  # no temporary dirs
+
+
+def test_export_filter_cannot_write(lake, tmp_path):
+    sneaky = "true) ORDER BY 1; DELETE FROM trajectories; SELECT * FROM trajectories WHERE (true"
+    with pytest.raises(ReadOnlyError):
+        export_sft(lake, tmp_path / "sft", where=sneaky)
+    with pytest.raises(LakeError, match="parse"):
+        export_sft(lake, tmp_path / "sft", where="true; DELETE FROM trajectories")
+    assert lake.sql("SELECT count(*) AS n FROM trajectories").column("n")[0].as_py() == 6
+    assert not (tmp_path / "sft").exists()
+    assert list(tmp_path.iterdir()) == [tmp_path / "out"]
+
+
+def test_export_with_no_rows_writes_one_empty_shard(lake, tmp_path):
+    result = export_sft(lake, tmp_path / "sft", where="false")
+    assert result.rows == 0
+    assert [p.name for p in result.shards] == ["train-00000-of-00001.parquet"]
+    assert pq.read_table(result.shards[0]).num_rows == 0

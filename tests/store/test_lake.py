@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from trajforge.schemas.arrow import TABLES, TRAJECTORIES, to_table
+from trajforge.store.lake import Lake, LakeError, ReadOnlyError, duck_type, read_statements
+
+
+def count(lake: Lake, table: str) -> int:
+    return lake.sql(f"SELECT count(*) AS n FROM {table}").column("n")[0].as_py()
+
+
+def test_duck_types_match_arrow():
+    assert duck_type(TABLES["runs"][0].field("counts").type) == "MAP(VARCHAR, BIGINT)"
+    assert duck_type(TRAJECTORIES.field("created_at").type) == "TIMESTAMPTZ"
+    assert duck_type(TRAJECTORIES.field("steps").type).startswith('STRUCT("index" INTEGER')
+
+
+def test_commit_adds_rows_and_round_trips_types(out, make):
+    with Lake.open(out) as lake:
+        result = lake.commit(make.batch([make.trajectory(i) for i in range(4)]), make.run_row())
+        assert result.added == {"tasks": 3, "trajectories": 4, "runs": 1}
+        assert result.snapshot_id == lake.snapshots()[-1]["snapshot_id"]
+        assert lake.snapshots()[-1]["commit_message"] == "run run-1"
+        stored = lake.sql("SELECT * FROM trajectories ORDER BY trajectory_id")
+        assert stored.schema.equals(TRAJECTORIES)
+        expected = to_table([make.trajectory(0)], TRAJECTORIES)
+        assert stored.slice(0, 1).to_pylist() == expected.to_pylist()
+        runs = lake.runs()
+        assert runs.schema.field("counts").type == TABLES["runs"][0].field("counts").type
+        assert dict(runs.column("counts")[0].as_py()) == {"kept": 2, "dropped:timeout": 1}
+        assert lake.has_run("run-1") and not lake.has_run("run-2")
+    assert list((out / "lake").rglob("*.parquet"))  # rows land in Parquet, not the catalog
+
+
+def test_same_batch_again_adds_nothing_and_no_snapshot(out, make):
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(i) for i in range(4)]), make.run_row())
+        snapshots = lake.snapshot_count()
+        result = lake.commit(make.batch([make.trajectory(i) for i in range(4)]), make.run_row())
+        assert result.snapshot_id is None
+        assert sum(result.added.values()) == 0
+        assert lake.snapshot_count() == snapshots
+        assert count(lake, "trajectories") == 4
+
+
+def test_duplicate_ids_within_a_batch_keep_the_first(out, make):
+    first, second = make.trajectory(7), make.trajectory(7)
+    second["instruction"] = "a retried bundle re-emitted this"
+    with Lake.open(out) as lake:
+        result = lake.commit(make.batch([first, second, make.trajectory(8)]), make.run_row())
+        assert result.added["trajectories"] == 2
+        rows = lake.sql("SELECT instruction FROM trajectories WHERE trajectory_id = 'traj-0007'")
+        assert rows.column("instruction").to_pylist() == ["reach cell 7"]
+
+
+def test_partly_new_batch_adds_only_new_ids(out, make):
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(i) for i in range(3)]), make.run_row())
+        more = make.batch([make.trajectory(i) for i in range(5)])
+        result = lake.commit(more, make.run_row("run-2"))
+        assert result.added == {"tasks": 0, "trajectories": 2, "runs": 1}
+        assert count(lake, "trajectories") == 5
+
+
+def test_commit_with_wrong_schema_changes_nothing(out, make):
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(0)]), make.run_row())
+        snapshots = lake.snapshot_count()
+        bad = make.batch([make.trajectory(1)])
+        bad["trajectories"] = bad["trajectories"].drop_columns(["success"])
+        with pytest.raises(LakeError, match="missing columns \\['success'\\]"):
+            lake.commit(bad, make.run_row("run-2"))
+        assert lake.snapshot_count() == snapshots
+        assert (count(lake, "tasks"), count(lake, "trajectories"), count(lake, "runs")) == (3, 1, 1)
+
+
+def test_error_inside_the_transaction_rolls_everything_back(out, make):
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(0)]), make.run_row())
+        snapshots = lake.snapshot_count()
+        run = make.run_row("run-2")
+        # Arrow accepts a map with a repeated key; DuckDB refuses it while inserting the run
+        # row, after the tasks and trajectories of this commit were already inserted.
+        run["counts"] = [("kept", 1), ("kept", 2)]
+        with pytest.raises(LakeError, match="unchanged") as info:
+            lake.commit(make.batch([make.trajectory(i) for i in range(1, 4)]), run)
+        assert info.value.__cause__ is not None
+        assert lake.snapshot_count() == snapshots
+        assert (count(lake, "trajectories"), count(lake, "runs")) == (1, 1)
+        # The connection is still usable after the rollback.
+        retry = lake.commit(make.batch([make.trajectory(1)]), make.run_row("run-3"))
+        assert retry.added["trajectories"] == 1
+
+
+def test_null_primary_key_is_refused(out, make):
+    row = make.trajectory(0)
+    row["trajectory_id"] = None
+    with Lake.open(out) as lake, pytest.raises(LakeError, match="no trajectory_id"):
+        lake.commit(make.batch([row]), make.run_row())
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "INSERT INTO trajectories (trajectory_id) VALUES ('x')",
+        "DELETE FROM trajectories",
+        "UPDATE runs SET status = 'x'",
+        "CREATE TABLE x (a INT)",
+        "DROP TABLE runs",
+        "ATTACH 'other.db' AS other",
+        "COPY trajectories TO 'x.csv'",
+        "SET threads = 1",
+        "CALL lake.expire_snapshots(older_than => now())",
+        "SELECT * FROM ducklake_expire_snapshots('lake', older_than => now())",
+        "EXPLAIN ANALYZE DELETE FROM trajectories",
+        "SELECT 1; DELETE FROM trajectories",
+    ],
+)
+def test_sql_refuses_writes(out, query, make):
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(0)]), make.run_row())
+    with Lake.open(out, read_only=True) as lake:
+        with pytest.raises(ReadOnlyError, match="trajforge sql is read-only"):
+            lake.sql(query)
+        assert count(lake, "trajectories") == 1
+
+
+def test_read_statements_allows_reads():
+    for query in ["SELECT 1", "FROM runs", "DESCRIBE runs", "SHOW TABLES", "EXPLAIN SELECT 1"]:
+        assert read_statements(query)
+
+
+def test_sql_reads_and_read_only_attach_guards(out, make):
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(i) for i in range(2)]), make.run_row())
+    with Lake.open(out, read_only=True) as lake:
+        table = lake.sql("SELECT trajectory_id FROM trajectories ORDER BY 1")
+        assert table.column("trajectory_id").to_pylist() == ["traj-0000", "traj-0001"]
+        assert "trajectories" in lake.sql("SHOW TABLES").column("name").to_pylist()
+        with pytest.raises(LakeError, match="read-only"):
+            lake.commit(make.batch([make.trajectory(3)]), make.run_row("run-2"))
+        with pytest.raises(LakeError):
+            lake.sql("SELECT no_such_column FROM trajectories")
+
+
+def test_steps_view_has_one_row_per_step(out, make):
+    with Lake.open(out) as lake:
+        two = make.batch([make.trajectory(0, steps=3), make.trajectory(1, steps=5)])
+        lake.commit(two, make.run_row())
+        steps = lake.sql("SELECT * FROM steps ORDER BY trajectory_id, step_index")
+    assert steps.num_rows == 8
+    assert steps.column_names == [
+        "trajectory_id",
+        "task_id",
+        "env",
+        "run_id",
+        "step_index",
+        "observation",
+        "action",
+        "thought",
+        "reward",
+        "done",
+        "success",
+    ]
+    first = steps.slice(0, 1).to_pylist()[0]
+    assert first["step_index"] == 0 and first["thought"] == "go on" and first["success"] is True
+
+
+def test_steps_view_is_in_the_catalog_for_any_duckdb_user(out, make):
+    import duckdb
+
+    from trajforge.store.lake import extension_path
+
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(0, steps=4)]), make.run_row())
+    con = duckdb.connect(config={"autoload_known_extensions": "false"})
+    try:
+        con.execute(f"LOAD '{extension_path()}'")
+        con.execute(f"ATTACH 'ducklake:{out / 'catalog.ducklake'}' AS mine (READ_ONLY)")
+        assert con.execute("SELECT count(*) FROM mine.steps").fetchone() == (4,)
+    finally:
+        con.close()
+
+
+def test_reading_an_old_snapshot(out, make):
+    with Lake.open(out) as lake:
+        result = lake.commit(make.batch([make.trajectory(i) for i in range(2)]), make.run_row())
+        first = result.snapshot_id
+        lake.commit(make.batch([make.trajectory(i) for i in range(2, 5)]), make.run_row("run-2"))
+    with Lake.open(out, snapshot=first) as old:
+        assert old.read_only
+        assert count(old, "trajectories") == 2
+        assert count(old, "steps") == 6
+        assert not old.has_run("run-2")
+    with Lake.open(out, read_only=True) as now:
+        assert count(now, "trajectories") == 5
+    with pytest.raises(LakeError, match="snapshot"):
+        Lake.open(out, snapshot=999)
+
+
+def test_reopening_is_idempotent(out, make):
+    assert not Lake.exists(out)
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(0)]), make.run_row())
+        snapshots = lake.snapshot_count()
+    assert Lake.exists(out)
+    with Lake.open(out) as lake:
+        assert lake.snapshot_count() == snapshots
+        assert count(lake, "trajectories") == 1
+        assert [r["run_id"] for r in lake.runs().to_pylist()] == ["run-1"]
+
+
+def test_runs_are_ordered_by_start(out, make):
+    later = make.now.replace(hour=9)
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(0)]), make.run_row("run-b", started_at=later))
+        lake.commit(make.batch([make.trajectory(1)]), make.run_row("run-a", started_at=make.now))
+        assert lake.runs().column("run_id").to_pylist() == ["run-a", "run-b"]
+
+
+def test_read_only_open_of_a_missing_lake_creates_nothing(tmp_path):
+    out = tmp_path / "nowhere"
+    assert not Lake.exists(out)
+    with pytest.raises(LakeError, match="no lake at .*trajforge run --out"):
+        Lake.open(out, read_only=True)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_moved_output_directory_still_opens(out, tmp_path, make):
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(0)]), make.run_row())
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    with Lake.open(moved, read_only=True) as lake:
+        assert count(lake, "trajectories") == 1
+
+
+def test_empty_tables_are_fine(out, make):
+    empty = {"trajectories": pa.Table.from_pylist([], schema=TRAJECTORIES)}
+    with Lake.open(out) as lake:
+        result = lake.commit(empty, make.run_row())
+        assert result.added == {"trajectories": 0, "runs": 1}
+        assert result.snapshot_id is not None
+
+
+def test_a_lake_open_twice_in_one_process_is_a_clear_error(out):
+    with Lake.open(out), pytest.raises(LakeError, match="already open in this process"):
+        Lake.open(out, read_only=True)
