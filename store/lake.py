@@ -314,7 +314,12 @@ class Lake:
         return int(row[0]) if row else 0
 
     def runs(self) -> pa.Table:
-        return self._con.execute("SELECT * FROM lake.runs ORDER BY started_at, run_id").fetch_arrow_table()
+        """The runs table, with each run's snapshot taken from the commit that added it."""
+        return self._con.execute(
+            "SELECT r.* REPLACE (coalesce(r.snapshot_id, s.snapshot_id) AS snapshot_id) "
+            "FROM lake.runs AS r LEFT JOIN lake.snapshots() AS s ON s.commit_message = 'run ' || r.run_id "
+            "ORDER BY r.started_at, r.run_id"
+        ).fetch_arrow_table()
 
     def has_run(self, run_id: str) -> bool:
         row = self._con.execute("SELECT count(*) FROM lake.runs WHERE run_id = ?", [run_id]).fetchone()

@@ -142,12 +142,14 @@ def _print_summary(cfg: Any, summary: dict[str, Any]) -> None:
             )
     console.print(f"Data: {cfg.out.resolve()}")
     out_flag = "" if cfg.out == DEFAULT_OUT else f" --out {cfg.out}"
-    console.print(
-        "Try: trajforge sql"
-        + out_flag
-        + ' "SELECT env, policy, count(*) AS n, avg(success::int) AS success_rate'
-        + ' FROM trajectories GROUP BY ALL ORDER BY ALL"'
-    )
+    query = "SELECT env, policy, count(*) AS n, avg(success::int) AS success_rate FROM trajectories GROUP BY ALL"
+    console.print(f'Try: {_invoked_as()} sql{out_flag} "{query}"', soft_wrap=True, highlight=False)
+
+
+def _invoked_as() -> str:
+    """How the user called us (e.g. `.venv/bin/trajforge`), so the hint can be pasted as is."""
+    argv0 = sys.argv[0]
+    return argv0 if "/" in argv0 and not argv0.endswith(".py") else "trajforge"
 
 
 def _open_lake(out: Path, snapshot: int | None = None) -> Any:
