@@ -142,7 +142,7 @@ def _print_summary(cfg: Any, summary: dict[str, Any]) -> None:
             )
     console.print(f"Data: {cfg.out.resolve()}")
     out_flag = "" if cfg.out == DEFAULT_OUT else f" --out {cfg.out}"
-    query = "SELECT env, policy, count(*) AS n, avg(success::int) AS success_rate FROM trajectories GROUP BY ALL"
+    query = "SELECT env, policy, count(*) AS n, avg(success::int) AS success FROM trajectories GROUP BY ALL"
     console.print(f'Try: {_invoked_as()} sql{out_flag} "{query}"', soft_wrap=True, highlight=False)
 
 
