@@ -2,7 +2,7 @@
 
 Tasks are named `corridor-L-K` (corridor length L, key in room K). A task named with the
 suffix `-crash` raises on its second step, so tests can prove that a crashing environment
-fails one item and not the run.
+fails one item and not the run; the option `crash_every=N` makes every Nth task such a one.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ class ToyEnvironment:
     name = "toy"
     supports_snapshot = True
 
-    def __init__(self, max_length: int = 4) -> None:
+    def __init__(self, max_length: int = 4, crash_every: int = 0) -> None:
         self.max_length = max_length
+        self.crash_every = crash_every
         self._length = 0
         self._key = 0
         self._crash = False
@@ -38,7 +39,8 @@ class ToyEnvironment:
         for _ in range(n):
             length = rng.randint(2, self.max_length)
             key = rng.randint(0, length - 1)
-            specs.append(TaskSpec(f"corridor-{length}-{key}", seed=rng.randrange(2**31)))
+            crash = "-crash" if self.crash_every and len(specs) % self.crash_every == self.crash_every - 1 else ""
+            specs.append(TaskSpec(f"corridor-{length}-{key}{crash}", seed=rng.randrange(2**31)))
         return specs
 
     def reset(self, task: TaskSpec) -> Reset:

@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from trajforge.config import RunConfig, code_version
 from trajforge.environments import registry
 from trajforge.flows.staging import RunDir, write_json_atomic
-from trajforge.pipelines import rollout as rollout_pipeline
+from trajforge.pipelines import synthesis
 from trajforge.schemas import arrow
 from trajforge.schemas.records import RunRecord
 from trajforge.store.lake import Lake
@@ -55,26 +55,25 @@ def plan_tasks(config: RunConfig) -> list[dict[str, Any]]:
 @task(retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def stage_batch(config: RunConfig, specs: list[dict[str, Any]], run_dir: RunDir) -> None:
     run_dir.clear_staging()  # a half-written staging from a crash is never mixed in
-    rollout_pipeline.run(
+    synthesis.run(
         config.pipeline_options,
         specs=specs,
         staging=run_dir.staging,
         run_id=run_dir.run_id,
         env_options={e.name: e.options for e in config.envs},
         policies=config.policies,
-        samples=config.sample_count,
-        settings={
-            "search": config.search,
-            "max_steps": config.max_steps,
-            "episode_timeout_s": config.episode_timeout_s,
-        },
+        settings=config.search_settings(),
+        concurrency=config.concurrency,
+        pair_gap=config.mcts.pair_gap,
+        keep_terminal_paths=config.mcts.keep_terminal_paths,
+        max_trajectory_pairs=config.max_trajectory_pairs,
     )
     run_dir.set_status("staged")
 
 
 def _deduped(run_dir: RunDir) -> tuple[dict[str, pa.Table], Counter]:
     tables, counts = {}, Counter()
-    for name in rollout_pipeline.STAGED_TABLES:
+    for name in synthesis.STAGED_TABLES:
         schema, key = arrow.TABLES[name]
         staged = run_dir.read_staged(name)
         if not staged.schema.equals(schema, check_metadata=False):
@@ -90,7 +89,7 @@ def _deduped(run_dir: RunDir) -> tuple[dict[str, pa.Table], Counter]:
 def validate(config: RunConfig, run_dir: RunDir) -> tuple[dict[str, pa.Table], Counter]:
     """Dedupe re-emitted records, then gate the batch on the expectation suites."""
     tables, counts = _deduped(run_dir)
-    report = validate_batch(tables, max_steps=config.max_steps)
+    report = validate_batch(tables, max_steps=config.max_steps, pair_gap=config.mcts.pair_gap)
     write_json_atomic(run_dir.report, report.to_dict())
     if not report.success:
         run_dir.set_status("validation_failed", summary=report.summary())
@@ -103,6 +102,9 @@ def _count(tables: dict[str, pa.Table], counts: Counter) -> None:
     counts["tasks"] = tables["tasks"].num_rows
     counts["trajectories"] = len(trajectories)
     counts["successes"] = sum(1 for t in trajectories if t["success"])
+    counts["nodes"] = tables["nodes"].num_rows
+    for source in tables["pairs"].column("source").to_pylist():
+        counts[f"pairs:{source}"] += 1
     for fail in tables["failures"].to_pylist():
         counts[f"failed:{fail['stage']}:{fail['reason']}"] += 1
     for t in trajectories:

@@ -14,6 +14,7 @@ STEP = pa.struct(
         ("thought", pa.string()),
         ("reward", pa.float64()),
         ("done", pa.bool_()),
+        ("value", pa.float64()),
     ]
 )
 

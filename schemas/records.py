@@ -56,6 +56,7 @@ class Step(Record):
     thought: str | None = None
     reward: float = 0.0
     done: bool = False
+    value: float | None = None  # the search's estimate of this action's return (PRM data)
 
 
 class Trajectory(Record):
@@ -81,6 +82,35 @@ class Trajectory(Record):
     stop_reason: str = ""
     run_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class Pair(Record):
+    """A preference between two continuations of the same conversation prefix (JSON messages)."""
+
+    pair_id: str
+    task_id: str
+    step_index: int
+    prefix: str
+    chosen: str
+    rejected: str
+    q_chosen: float | None
+    q_rejected: float | None
+    source: Literal["mcts_sibling", "trajectory", "revision"]
+    run_id: str | None = None
+
+
+class TreeNode(Record):
+    node_id: str
+    task_id: str
+    parent_id: str | None
+    depth: int
+    action: str | None
+    visits: int
+    value: float
+    prior: float
+    reward: float
+    terminal: bool
+    run_id: str | None = None
 
 
 class Failure(Record):

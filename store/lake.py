@@ -43,8 +43,8 @@ _SCALARS: dict[pa.DataType, str] = {
 
 STEPS_VIEW = """
 CREATE VIEW IF NOT EXISTS lake.steps AS
-SELECT trajectory_id, task_id, env, run_id,
-       s."index" AS step_index, s.observation, s.action, s.thought, s.reward, s.done,
+SELECT trajectory_id, task_id, env, search, policy, run_id,
+       s."index" AS step_index, s.observation, s.action, s.thought, s.reward, s.done, s.value,
        success
 FROM (SELECT *, UNNEST(steps) AS s FROM trajectories)
 """

@@ -104,8 +104,12 @@ def _check_runnable(cfg: Any) -> None:
 
     for spec in cfg.policies:
         check_spec(spec)
-    if cfg.search == "mcts":
-        raise ConfigError("search: 'mcts' is not available in this version; use rollout or best_of_n")
+    if cfg.mcts.branching == "snapshot" and cfg.search == "mcts":
+        from trajforge.environments import registry
+
+        for env in cfg.envs:
+            if not getattr(registry.environment_class(env.name), "supports_snapshot", False):
+                raise ConfigError(f"mcts.branching: {env.name} has no snapshot/restore; use 'auto' or 'replay'")
 
 
 def _print_summary(cfg: Any, summary: dict[str, Any]) -> None:
@@ -119,12 +123,14 @@ def _print_summary(cfg: Any, summary: dict[str, Any]) -> None:
         counts = summary["counts"]
         failed = sum(v for k, v in counts.items() if k.startswith("failed:"))
         table = Table(title=f"run {summary['run_id']}")
-        for col in ("tasks", "trajectories", "successes", "failed items", "env steps", "wall s"):
+        pairs = sum(v for k, v in counts.items() if k.startswith("pairs:"))
+        for col in ("tasks", "trajectories", "successes", "pairs", "failed items", "env steps", "wall s"):
             table.add_column(col, justify="right")
         table.add_row(
             str(counts.get("tasks", 0)),
             str(counts.get("trajectories", 0)),
             str(counts.get("successes", 0)),
+            str(pairs),
             str(failed),
             str(summary["env_steps"]),
             f"{summary['wall_s']:.1f}",
@@ -161,13 +167,22 @@ def _open_lake(out: Path, snapshot: int | None = None) -> Any:
         raise fail(str(exc)) from None
 
 
+def _json_value(value: Any) -> Any:
+    """DuckDB's sums are DECIMAL/HUGEINT: keep them numbers in JSON."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
 def _emit(table: Any, fmt: Format) -> None:
     if fmt is Format.csv:
         import pyarrow.csv as pacsv
 
         pacsv.write_csv(table, sys.stdout.buffer)
     elif fmt is Format.json:
-        typer.echo(json.dumps(table.to_pylist(), default=str, indent=1))
+        typer.echo(json.dumps(table.to_pylist(), default=_json_value, indent=1))
     else:
         from rich.console import Console
         from rich.table import Table

@@ -17,13 +17,32 @@ from trajforge.schemas.ids import canonical_json
 
 # Settings that decide where and how fast a run executes, not what data it makes:
 # they stay out of the fingerprint, so moving a run to another runner or folder keeps its id.
-EXECUTION_FIELDS = {"out", "pipeline_options", "workers"}
+EXECUTION_FIELDS = {"out", "pipeline_options", "workers", "concurrency"}
 
 
 class EnvSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class BudgetConfig(BaseModel):
+    """Per task, the same for every search method, so their comparisons are fair."""
+
+    model_config = ConfigDict(extra="forbid")
+    env_steps: int = Field(400, ge=1, description="environment steps per task and policy")
+    simulations: int = Field(10_000, ge=1, description="MCTS simulations per task")
+    wall_s: float = Field(300.0, gt=0, description="wall time per task and policy")
+
+
+class MCTSConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    expand_k: int = Field(32, ge=1, description="candidate actions per node")
+    c_puct: float = Field(0.5, gt=0, description="exploration weight of PUCT")
+    rollout_depth: int = Field(1, ge=0, description="steps of the leaf rollout (0: none)")
+    branching: Literal["auto", "snapshot", "replay"] = "auto"
+    pair_gap: float = Field(0.1, ge=0, description="least Q gap of a sibling preference pair")
+    keep_terminal_paths: bool = Field(False, description="store every distinct terminal path")
 
 
 class RunConfig(BaseModel):
@@ -37,9 +56,14 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0)
     search: Literal["rollout", "best_of_n", "mcts"] = "rollout"
     policies: list[str] = Field(default_factory=lambda: ["oracle", "random"], min_length=1)
-    samples: int = Field(1, ge=1, le=1000, description="rollouts per task and policy (best_of_n)")
-    max_steps: int = Field(40, ge=1, le=10_000, description="environment steps per episode")
-    episode_timeout_s: float = Field(120.0, gt=0, description="wall time per episode")
+    samples: int | None = Field(
+        None, ge=1, le=10_000, description="best_of_n rollouts per task and policy (default: budget / max_steps)"
+    )
+    max_steps: int = Field(40, ge=1, le=10_000, description="steps per episode (MCTS: tree depth)")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    mcts: MCTSConfig = Field(default_factory=MCTSConfig)
+    max_trajectory_pairs: int = Field(4, ge=0, description="success/failure pairs per task")
+    concurrency: int = Field(1, ge=1, le=1024, description="searches in flight per worker")
     pipeline_options: list[str] = Field(default_factory=lambda: ["--runner=FnApiRunner"])
     workers: int = Field(2, ge=1, le=256, description="processes for preparing environments")
 
@@ -71,7 +95,21 @@ class RunConfig(BaseModel):
 
     @property
     def sample_count(self) -> int:
-        return 1 if self.search == "rollout" else self.samples
+        if self.search == "rollout":
+            return 1
+        return self.samples or max(1, self.budget.env_steps // self.max_steps)
+
+    def search_settings(self) -> Any:
+        from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings
+
+        m = self.mcts
+        return SearchSettings(
+            method=self.search,
+            max_steps=self.max_steps,
+            samples=self.sample_count,
+            budget=Budget(self.budget.env_steps, self.budget.simulations, self.budget.wall_s),
+            mcts=MCTSSettings(m.expand_k, m.c_puct, m.rollout_depth, m.branching),
+        )
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ from trajforge.schemas import arrow
 
 SEARCHES = ["rollout", "best_of_n", "mcts"]
 TASK_SOURCES = ["env", "template", "explored", "curriculum"]
+PAIR_SOURCES = ["mcts_sibling", "trajectory", "revision"]
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ValidationReport:
         }
 
 
-def _suites(max_steps: int) -> dict[str, list]:
+def _suites(max_steps: int, pair_gap: float) -> dict[str, list]:
     import great_expectations.expectations as gxe
 
     return {
@@ -79,12 +80,35 @@ def _suites(max_steps: int) -> dict[str, list]:
             gxe.ExpectColumnValuesToBeInSet(column="success_has_reward", value_set=[True]),
             gxe.ExpectColumnValuesToBeInSet(column="step_rewards_sum_to_total", value_set=[True]),
         ],
+        "pairs": [
+            gxe.ExpectColumnValuesToNotBeNull(column="pair_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="pair_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="task_id"),
+            gxe.ExpectColumnValuesToBeInSet(column="source", value_set=PAIR_SOURCES),
+            gxe.ExpectColumnValuesToBeInSet(column="chosen_differs", value_set=[True]),
+            gxe.ExpectColumnValuesToBeInSet(column="sibling_gap_met", value_set=[True]),
+        ],
+        "nodes": [
+            gxe.ExpectColumnValuesToNotBeNull(column="node_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="node_id"),
+            gxe.ExpectColumnValuesToBeBetween(column="depth", min_value=0, max_value=max_steps),
+            gxe.ExpectColumnValuesToBeBetween(column="visits", min_value=0),
+            gxe.ExpectColumnValuesToBeBetween(column="prior", min_value=0.0, max_value=1.0),
+        ],
     }
 
 
-def _derive(table: str, df: pd.DataFrame) -> pd.DataFrame:
-    if table != "trajectories" or df.empty:
-        return df.assign(**{c: pd.Series(dtype=bool) for c in _DERIVED}) if table == "trajectories" else df
+def _derive(table: str, df: pd.DataFrame, pair_gap: float) -> pd.DataFrame:
+    if df.empty:
+        return df.assign(**{c: pd.Series(dtype=bool) for c in _DERIVED.get(table, [])})
+    if table == "pairs":
+        gap = (df["q_chosen"] - df["q_rejected"]).fillna(-1.0)
+        return df.assign(
+            chosen_differs=df["chosen"] != df["rejected"],
+            sibling_gap_met=(df["source"] != "mcts_sibling") | (gap >= pair_gap - 1e-9),
+        )
+    if table != "trajectories":
+        return df
     steps = df["steps"].map(lambda s: list(s) if s is not None else [])
     step_sum = steps.map(lambda s: sum(float(x["reward"] or 0.0) for x in s))
     return df.assign(
@@ -94,7 +118,10 @@ def _derive(table: str, df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-_DERIVED = ["num_steps_matches_steps", "success_has_reward", "step_rewards_sum_to_total"]
+_DERIVED = {
+    "trajectories": ["num_steps_matches_steps", "success_has_reward", "step_rewards_sum_to_total"],
+    "pairs": ["chosen_differs", "sibling_gap_met"],
+}
 
 
 def _schema_outcome(table: str, data: pa.Table) -> ExpectationOutcome:
@@ -118,7 +145,7 @@ def _detail(result: Any) -> str:
     return ""
 
 
-def validate_batch(tables: dict[str, pa.Table], *, max_steps: int) -> ValidationReport:
+def validate_batch(tables: dict[str, pa.Table], *, max_steps: int, pair_gap: float = 0.0) -> ValidationReport:
     """Run the suites over the staged Arrow tables of one run."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -129,11 +156,11 @@ def validate_batch(tables: dict[str, pa.Table], *, max_steps: int) -> Validation
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = ctx.data_sources.add_pandas("staging")
     report = ValidationReport()
-    for table, expectations in _suites(max_steps).items():
+    for table, expectations in _suites(max_steps, pair_gap).items():
         if table not in tables:
             continue
         report.outcomes.append(_schema_outcome(table, tables[table]))
-        df = _derive(table, tables[table].to_pandas())
+        df = _derive(table, tables[table].to_pandas(), pair_gap)
         batch = (
             source.add_dataframe_asset(name=table)
             .add_batch_definition_whole_dataframe("all")

@@ -13,7 +13,7 @@ from trajforge.environments.base import ConfigError, Environment
 from trajforge.synthesizers.policies import OraclePolicy
 from trajforge.synthesizers.rollout import rollout
 
-PLUGIN = '''
+PLUGIN = """
 from trajforge.environments.toy import ToyEnvironment
 
 class LongCorridor(ToyEnvironment):
@@ -21,7 +21,7 @@ class LongCorridor(ToyEnvironment):
 
     def __init__(self, max_length: int = 9) -> None:
         super().__init__(max_length=max_length)
-'''
+"""
 
 
 def install_plugin(root: Path) -> None:

@@ -4,14 +4,15 @@ import pytest
 
 from trajforge.environments.toy import ToyEnvironment
 from trajforge.flows.staging import RunDir
-from trajforge.pipelines import rollout as pipeline
+from trajforge.pipelines import synthesis as pipeline
+from trajforge.synthesizers.search import Budget, SearchSettings
 from trajforge.validators.dedup import dedupe
 
 SPECS = [{"env": "toy", "env_task": s.env_task, "seed": s.seed} for s in ToyEnvironment().task_specs(12, 3)]
 CRASH = {"env": "toy", "env_task": "corridor-3-1-crash", "seed": 9}
 
 
-def _stage(tmp: Path, options: list[str], specs=SPECS) -> RunDir:
+def _stage(tmp: Path, options: list[str], specs=SPECS, concurrency: int = 1) -> RunDir:
     run_dir = RunDir(tmp, "run")
     pipeline.run(
         ["--runner=FnApiRunner", *options],
@@ -20,8 +21,8 @@ def _stage(tmp: Path, options: list[str], specs=SPECS) -> RunDir:
         run_id="run",
         env_options={},
         policies=["oracle", "random"],
-        samples=2,
-        settings={"search": "best_of_n", "max_steps": 12, "episode_timeout_s": 30},
+        settings=SearchSettings(method="best_of_n", max_steps=12, samples=2, budget=Budget(env_steps=100)),
+        concurrency=concurrency,
     )
     return run_dir
 
@@ -49,8 +50,9 @@ def test_every_task_and_sample_is_staged(baseline):
 
 def test_a_crashing_environment_fails_only_its_items(baseline):
     failures = baseline.read_staged("failures").to_pylist()
-    assert len(failures) == 4  # 2 policies x 2 samples of the crashing task
+    assert len(failures) == 2  # one search per policy of the crashing task
     assert {f["reason"] for f in failures} == {"EnvironmentError_"}
+    assert {f["stage"] for f in failures} == {"search"}
     assert all("crashed" in f["detail"] for f in failures)
 
 
@@ -63,6 +65,6 @@ def test_a_crashing_environment_fails_only_its_items(baseline):
     ids=["multi_processing", "bundle_repeat"],
 )
 def test_same_ids_under_other_execution(tmp_path, baseline, options):
-    other = _stage(tmp_path, options, SPECS + [CRASH])
+    other = _stage(tmp_path, options, SPECS + [CRASH], concurrency=3 if "bundle" in options[0] else 1)
     for table, key in [("tasks", "task_id"), ("trajectories", "trajectory_id"), ("failures", "item_id")]:
         assert _ids(other, table, key) == _ids(baseline, table, key)

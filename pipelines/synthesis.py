@@ -1,0 +1,249 @@
+"""The synthesis pipeline: describe tasks, search every (task, policy) with rollouts,
+best-of-n or MCTS, verify, mine preference pairs, and write Parquet to the run's staging
+folder. Thin DoFns around synthesizers/ and validators/.
+
+Elements carry only names, seeds and options, never local paths or live objects, so the
+same pipeline runs on a distributed runner by pipeline options alone.
+
+Concurrency: each worker runs `concurrency` searches at once (threads over a batch of
+tasks, one environment instance each), so that when the policy is a model server, requests
+from different searches are in flight together. Beam's own workers multiply this
+(`--direct_num_workers`, or the runner's worker count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+# Beam warns at import that Google Cloud clients are absent; they are not needed here.
+logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+from trajforge.environments import registry  # noqa: E402
+from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
+from trajforge.schemas import arrow, ids  # noqa: E402
+from trajforge.schemas.records import Failure, Task, TreeNode, Trajectory  # noqa: E402
+from trajforge.synthesizers.pairs import sibling_pairs, trajectory_pairs  # noqa: E402
+from trajforge.synthesizers.policies import make_policy  # noqa: E402
+from trajforge.synthesizers.search import Path_, SearchResult, SearchSettings, search  # noqa: E402
+from trajforge.validators.verifier import environment_verdict  # noqa: E402
+
+FAILURES, NODES, PAIRS = "failures", "nodes", "pairs"
+STAGED_TABLES = ("tasks", "trajectories", "failures", "pairs", "nodes")
+
+
+class _EnvDoFn(beam.DoFn):
+    """A pool of live environments per name, for the life of the worker."""
+
+    def __init__(self, env_options: dict[str, dict[str, Any]], run_id: str) -> None:
+        self.env_options = env_options
+        self.run_id = run_id
+
+    def setup(self) -> None:
+        self._free: dict[str, list[Environment]] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def env(self, name: str) -> Iterator[Environment]:
+        with self._lock:
+            free = self._free.setdefault(name, [])
+            env = free.pop() if free else None
+        if env is None:
+            env = registry.make(name, **self.env_options.get(name, {}))
+        try:
+            yield env
+        except BaseException:
+            # After a crash the environment's state is unknown: the next item gets a new one.
+            with contextlib.suppress(Exception):
+                env.close()
+            raise
+        with self._lock:
+            self._free[name].append(env)
+
+    def teardown(self) -> None:
+        for envs in self._free.values():
+            for env in envs:
+                with contextlib.suppress(Exception):
+                    env.close()
+        self._free = {}
+
+    def failure(self, item_id: str, task_id: str, stage: str, exc: BaseException) -> Any:
+        detail = "".join(traceback.format_exception_only(exc)).strip()[:1000]
+        row = Failure(item_id=item_id, task_id=task_id, stage=stage, reason=type(exc).__name__,
+                      detail=detail, run_id=self.run_id).row()
+        return beam.pvalue.TaggedOutput(FAILURES, row)
+
+
+class DescribeTask(_EnvDoFn):
+    """Spec -> Task record, with the instruction the environment gives at reset."""
+
+    def process(self, spec: dict[str, Any]) -> Iterator[Any]:
+        tid = ids.task_id(spec["env"], spec["env_task"], spec["seed"])
+        try:
+            with self.env(spec["env"]) as env:
+                reset = env.reset(TaskSpec(spec["env_task"], spec["seed"]))
+        except Exception as exc:  # noqa: BLE001 - one task fails, not the run
+            yield self.failure(tid, tid, "describe", exc)
+            return
+        yield Task.make(spec["env"], spec["env_task"], spec["seed"], reset.instruction, run_id=self.run_id).row()
+
+
+def search_key(settings: SearchSettings) -> dict[str, Any]:
+    """What decides a search's outcome; part of every id it produces (wall time is not)."""
+    key: dict[str, Any] = {"search": settings.method, "max_steps": settings.max_steps}
+    if settings.method != "rollout":
+        key["budget"] = {"env_steps": settings.budget.env_steps, "simulations": settings.budget.simulations}
+    if settings.method == "best_of_n":
+        key["samples"] = settings.samples
+    if settings.method == "mcts":
+        m = settings.mcts
+        key["mcts"] = {"expand_k": m.expand_k, "c_puct": m.c_puct, "rollout_depth": m.rollout_depth}
+    return key
+
+
+class Search(_EnvDoFn):
+    """A batch of (task, policy) items -> trajectories, tree nodes and sibling pairs."""
+
+    def __init__(self, env_options: dict, run_id: str, settings: SearchSettings, options: dict) -> None:
+        super().__init__(env_options, run_id)
+        self.settings = settings
+        self.options = options  # concurrency, pair_gap, keep_terminal_paths
+
+    def process(self, batch: list[tuple[dict, str]]) -> Iterator[Any]:
+        workers = max(1, min(self.options["concurrency"], len(batch)))
+        if workers == 1:
+            outputs = [self._one(item) for item in batch]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="search") as pool:
+                outputs = list(pool.map(self._one, batch))
+        for out in outputs:
+            yield from out
+
+    def _one(self, item: tuple[dict, str]) -> list[Any]:
+        task, policy_spec = item
+        key = search_key(self.settings)
+        seed = int(ids.content_id("search", task=task["task_id"], policy=policy_spec, key=key)[:8], 16)
+        try:
+            with self.env(task["env"]) as env:
+                result = search(env, TaskSpec(task["env_task"], task["seed"], task["instruction"]),
+                                make_policy(policy_spec), self.settings, seed)
+        except Exception as exc:  # noqa: BLE001 - one item fails, not the run
+            fid = ids.content_id("failure", task=task["task_id"], policy=policy_spec, key=key)
+            return [self.failure(fid, task["task_id"], "search", exc)]
+        return self._records(task, policy_spec, key, result)
+
+    def _records(self, task: dict, policy: str, key: dict, result: SearchResult) -> list[Any]:
+        out: list[Any] = []
+        # Every sample of best_of_n is data; of a tree, the best path unless asked for all.
+        keep_all = self.settings.method != "mcts" or self.options["keep_terminal_paths"]
+        paths = result.paths if keep_all else result.paths[:1]
+        share = len(paths) or 1  # the search's cost, spread over what it produced
+        for rank, path in enumerate(paths):
+            out.append(environment_verdict(self._trajectory(task, policy, key, path, result, share, rank).row()))
+        root = result.root
+        if root is not None:
+            node_ids = {}
+            for node in result.nodes:
+                nid = ids.content_id("node", task=task["task_id"], policy=policy, key=key, path=list(node.path))
+                node_ids[id(node)] = nid
+                out.append(beam.pvalue.TaggedOutput(NODES, TreeNode(
+                    node_id=nid, task_id=task["task_id"], parent_id=node_ids.get(id(node.parent)),
+                    depth=node.depth, action=node.action, visits=node.visits, value=round(node.value, 9),
+                    prior=node.prior, reward=node.reward, terminal=node.terminal, run_id=self.run_id).row()))
+            best = result.paths[0] if result.paths else None
+            if best is not None and best.success:
+                for pair in sibling_pairs(root, [s.row() for s in best.steps], env=task["env"],
+                                          instruction=result.instruction, task_id=task["task_id"],
+                                          gap=self.options["pair_gap"], run_id=self.run_id):
+                    out.append(beam.pvalue.TaggedOutput(PAIRS, pair.row()))
+        return out
+
+    def _trajectory(self, task: dict, policy: str, key: dict, path: Path_, result: SearchResult,
+                    share: int, rank: int) -> Trajectory:
+        if self.settings.method == "mcts":
+            tid = ids.content_id("trajectory", task_id=task["task_id"], policy=policy, search=key,
+                                 path=list(path.key))
+        else:
+            tid = ids.trajectory_id(task["task_id"], policy, key, path.sample)
+        return Trajectory(
+            trajectory_id=tid, task_id=task["task_id"], env=task["env"], instruction=result.instruction,
+            search=self.settings.method, policy=policy, steps=path.steps, num_steps=len(path.steps),
+            total_reward=path.total_reward, success=path.success,
+            tokens_in=result.tokens_in // share, tokens_out=result.tokens_out // share,
+            env_steps=result.env_steps // share + (result.env_steps % share if rank == 0 else 0),
+            wall_s=result.wall_s / share, final_observation=path.final_observation,
+            stop_reason=path.stop_reason, run_id=self.run_id,
+        )
+
+
+def _pairs_of_task(item: tuple[str, Any], max_pairs: int) -> Iterator[dict]:
+    _, trajectories = item
+    for pair in trajectory_pairs(list(trajectories), max_pairs=max_pairs):
+        yield pair.row()
+
+
+def _write(pcoll: beam.PCollection, staging: Path, table: str) -> None:
+    pcoll | f"Write {table}" >> beam.io.WriteToParquet(
+        str(staging / table / "part"),
+        schema=arrow.TABLES[table][0],
+        file_name_suffix=".parquet",
+        codec="zstd",
+    )
+
+
+def build(
+    p: beam.Pipeline,
+    specs: list[dict[str, Any]],
+    *,
+    staging: Path,
+    run_id: str,
+    env_options: dict[str, dict[str, Any]],
+    policies: list[str],
+    settings: SearchSettings,
+    concurrency: int = 1,
+    pair_gap: float = 0.1,
+    keep_terminal_paths: bool = False,
+    max_trajectory_pairs: int = 4,
+) -> None:
+    options = {"concurrency": concurrency, "pair_gap": pair_gap, "keep_terminal_paths": keep_terminal_paths}
+    described = (
+        p
+        | "Specs" >> beam.Create(specs)
+        | "Reshuffle specs" >> beam.Reshuffle()
+        | "Describe" >> beam.ParDo(DescribeTask(env_options, run_id)).with_outputs(FAILURES, main="tasks")
+    )
+    searched = (
+        described.tasks
+        | "Expand" >> beam.FlatMap(lambda t: [(t, policy) for policy in policies])
+        | "Reshuffle work" >> beam.Reshuffle()
+        | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=concurrency)
+        | "Search" >> beam.ParDo(Search(env_options, run_id, settings, options)).with_outputs(
+            FAILURES, NODES, PAIRS, main="trajectories"
+        )
+    )
+    trajectory_level = (
+        searched.trajectories
+        | "By task" >> beam.Map(lambda t: (t["task_id"], t))
+        | "Group by task" >> beam.GroupByKey()
+        | "Mine pairs" >> beam.FlatMap(_pairs_of_task, max_trajectory_pairs)
+    )
+    _write(described.tasks, staging, "tasks")
+    _write(searched.trajectories, staging, "trajectories")
+    _write(searched[NODES], staging, "nodes")
+    _write((searched[PAIRS], trajectory_level) | "All pairs" >> beam.Flatten(), staging, "pairs")
+    _write((described.failures, searched.failures) | "All failures" >> beam.Flatten(), staging, "failures")
+
+
+def run(pipeline_options: list[str], **kwargs: Any) -> None:
+    """Build and run the pipeline to completion; raises if the runner fails."""
+    with beam.Pipeline(options=PipelineOptions(pipeline_options)) as p:
+        build(p, **kwargs)

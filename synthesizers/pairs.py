@@ -1,0 +1,67 @@
+"""Preference pairs mined from search results, in the chat format the exporter uses.
+
+- 'mcts_sibling' (Agent Q): along a successful path, a sibling action whose Q is lower by at
+  least `gap`. The prefix is the conversation up to that step; chosen/rejected are the
+  assistant turns.
+- 'trajectory' (AgentGym DPO): a success and a failure of the same task. The prefix is the
+  system and first user turn; chosen/rejected are the rest of each conversation (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from itertools import product
+from typing import Any
+
+from trajforge.schemas import conversation, ids
+from trajforge.schemas.records import Pair
+
+
+def _json(messages: list[dict[str, str]]) -> str:
+    return json.dumps(messages, ensure_ascii=False)
+
+
+def _pair(task_id: str, step_index: int, prefix: str, chosen: str, rejected: str, qc, qr, source, run_id) -> Pair:
+    pid = ids.content_id("pair", task_id=task_id, step=step_index, prefix=prefix, chosen=chosen,
+                         rejected=rejected, source=source)
+    return Pair(pair_id=pid, task_id=task_id, step_index=step_index, prefix=prefix, chosen=chosen,
+                rejected=rejected, q_chosen=qc, q_rejected=qr, source=source, run_id=run_id)
+
+
+def sibling_pairs(
+    root: Any, steps: list[dict[str, Any]], *, env: str, instruction: str, task_id: str, gap: float,
+    run_id: str | None = None,
+) -> list[Pair]:
+    """Pairs at each tree node along `steps` (a successful path's step rows)."""
+    pairs, node = [], root
+    for i, step in enumerate(steps):
+        chosen = next((c for c in node.children or [] if c.action == step["action"] and c.stepped), None)
+        if chosen is None or not chosen.visits:
+            break  # the path left the tree (a rollout found the rest)
+        prefix = _json(conversation.messages(env, instruction, steps, upto=i))
+        chosen_text = conversation.assistant_text(step["action"], step.get("thought"))
+        for sib in node.children or []:
+            if sib is chosen or not sib.visits or chosen.q - sib.q < gap:
+                continue
+            rejected = conversation.assistant_text(sib.action, None)
+            pairs.append(_pair(task_id, i, prefix, chosen_text, rejected, chosen.q, sib.q, "mcts_sibling", run_id))
+        node = chosen
+    return pairs
+
+
+def trajectory_pairs(trajectories: Iterable[dict[str, Any]], *, max_pairs: int = 4) -> list[Pair]:
+    """Success x failure pairs of one task's trajectories, the shortest successes first."""
+    rows = sorted(trajectories, key=lambda t: (t["num_steps"], t["trajectory_id"]))
+    wins = [t for t in rows if t["success"]]
+    losses = sorted((t for t in rows if t["success"] is False),
+                    key=lambda t: (t["total_reward"], t["trajectory_id"]))
+    out = []
+    for win, loss in list(product(wins, losses))[:max_pairs]:
+        whole_w = conversation.messages(win["env"], win["instruction"], win["steps"])
+        whole_l = conversation.messages(loss["env"], loss["instruction"], loss["steps"])
+        if len(whole_w) < 3 or len(whole_l) < 3 or whole_w[:2] != whole_l[:2]:
+            continue  # not the same start: not a fair comparison
+        out.append(_pair(win["task_id"], 0, _json(whole_w[:2]), _json(whole_w[2:]), _json(whole_l[2:]),
+                         win["total_reward"], loss["total_reward"], "trajectory", win.get("run_id")))
+    return out

@@ -1,0 +1,401 @@
+"""Trajectory search over any Environment: `rollout`, `best_of_n` and `mcts` share one entry
+point (`search`) and one budget, so their comparisons are fair.
+
+MCTS (as in Agent Q): PUCT selection with the policy's priors (uniform when it has none),
+lazy expansion of up to k candidate actions per node, leaf evaluation by a short rollout of
+the policy, backup of returns, terminal rewards from the environment's own verifier.
+Branching restores the environment's snapshot when it has one, otherwise replays the action
+prefix from reset; every node caches its observation, so no prefix is stepped twice.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trajforge.environments.base import Environment, Reset, StepOutcome, TaskSpec
+from trajforge.schemas.records import Step
+from trajforge.synthesizers.policies import Context, Policy
+from trajforge.synthesizers.rollout import Episode, rollout
+
+Branching = Literal["auto", "snapshot", "replay"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Per task. Every method stops at the first limit it reaches."""
+
+    env_steps: int = 400
+    simulations: int = 10_000
+    wall_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class MCTSSettings:
+    expand_k: int = 32
+    c_puct: float = 0.5
+    rollout_depth: int = 1
+    branching: Branching = "auto"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    method: Literal["rollout", "best_of_n", "mcts"] = "rollout"
+    max_steps: int = 40
+    samples: int = 1
+    budget: Budget = field(default_factory=Budget)
+    mcts: MCTSSettings = field(default_factory=MCTSSettings)
+
+
+@dataclass
+class Path_:
+    """A sequence of steps found by a search, ending in `success` (None: not terminal)."""
+
+    steps: list[Step]
+    total_reward: float
+    success: bool | None
+    final_observation: str
+    stop_reason: str
+    key: tuple[str, ...] = ()  # the actions, the path's identity
+    sample: int = 0  # which of a best_of_n's samples this is
+
+    @classmethod
+    def from_episode(cls, ep: Episode, sample: int) -> Path_:
+        key = tuple(s.action for s in ep.steps)
+        return cls(ep.steps, ep.total_reward, ep.success, ep.final_observation, ep.stop_reason, key, sample)
+
+
+@dataclass
+class Node:
+    path: tuple[str, ...]
+    parent: Node | None
+    prior: float
+    reward: float = 0.0  # reward of the step that entered this node
+    terminal: bool = False
+    success: bool | None = None
+    observation: str = ""
+    admissible: list[str] = field(default_factory=list)
+    state: Any = None  # the environment's snapshot, in snapshot branching
+    stepped: bool = False
+    visits: int = 0
+    value_sum: float = 0.0  # sum of returns after this node
+    children: list[Node] | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self.path)
+
+    @property
+    def action(self) -> str | None:
+        return self.path[-1] if self.path else None
+
+    @property
+    def value(self) -> float:
+        return self.value_sum / self.visits if self.visits else 0.0
+
+    @property
+    def q(self) -> float:
+        """The value of the action that leads here: its reward plus what follows."""
+        return self.reward + self.value
+
+
+@dataclass
+class SearchResult:
+    paths: list[Path_]  # best first
+    nodes: list[Node] = field(default_factory=list)
+    env_steps: int = 0
+    simulations: int = 0
+    wall_s: float = 0.0
+    instruction: str = ""
+    stop_reason: str = ""
+    tokens_in: int = 0
+    tokens_out: int = 0
+    root: Node | None = None  # the search tree, for MCTS
+
+
+class BudgetSpent(Exception):
+    """Raised inside a simulation when the environment-step budget runs out."""
+
+
+class Navigator:
+    """Puts the environment at the end of an action path and counts every step it takes."""
+
+    def __init__(self, env: Environment, task: TaskSpec, branching: Branching, step_budget: int) -> None:
+        use_snapshot = branching == "snapshot" or (branching == "auto" and env.supports_snapshot)
+        if branching == "snapshot" and not env.supports_snapshot:
+            raise ValueError(f"branching: {env.name} has no snapshot/restore; use replay or auto")
+        self.env, self.task, self.snapshots = env, task, use_snapshot
+        self.step_budget = step_budget
+        self.env_steps = 0
+        self._at: tuple[str, ...] | None = None  # the path the environment is at, if known
+
+    def reset(self) -> Reset:
+        reset = self.env.reset(self.task)
+        self._at = ()
+        return reset
+
+    def goto(self, node: Node) -> None:
+        if self._at == node.path:
+            return
+        if self.snapshots:
+            self.env.restore(node.state)
+            self._at = node.path
+            return
+        at = self._at
+        if at is None or node.path[: len(at)] != at:
+            self.reset()
+            at = ()
+        for action in node.path[len(at) :]:
+            self.step(action)
+
+    def step(self, action: str) -> StepOutcome:
+        if self.env_steps >= self.step_budget:
+            raise BudgetSpent
+        self.env_steps += 1
+        outcome = self.env.step(action)
+        self._at = None if self._at is None else (*self._at, action)
+        return outcome
+
+    def leave(self) -> None:
+        """The environment moved without us knowing where (e.g. a rollout ran on it)."""
+        self._at = None
+
+
+def search(env: Environment, task: TaskSpec, policy: Policy, settings: SearchSettings, seed: int) -> SearchResult:
+    if settings.method == "mcts":
+        return MCTS(env, task, policy, settings, seed).run()
+    return sample_rollouts(env, task, policy, settings, seed)
+
+
+def sample_rollouts(
+    env: Environment, task: TaskSpec, policy: Policy, settings: SearchSettings, seed: int
+) -> SearchResult:
+    """`rollout` (one) and `best_of_n` (N) independent episodes within the budget."""
+    start = time.monotonic()
+    n = 1 if settings.method == "rollout" else settings.samples
+    result = SearchResult(paths=[])
+    rng = random.Random(seed)
+    for sample in range(n):
+        left = settings.budget.env_steps - result.env_steps
+        wall_left = settings.budget.wall_s - (time.monotonic() - start)
+        if left <= 0 or wall_left <= 0:
+            break
+        ep = rollout(env, task, policy, seed=rng.randrange(2**63), max_steps=min(settings.max_steps, left),
+                     timeout_s=wall_left)
+        result.instruction = ep.instruction
+        result.env_steps += ep.env_steps
+        result.simulations += 1
+        result.tokens_in += ep.tokens_in
+        result.tokens_out += ep.tokens_out
+        result.paths.append(Path_.from_episode(ep, sample))
+    result.paths.sort(key=_path_rank)
+    result.wall_s = time.monotonic() - start
+    return result
+
+
+def _path_rank(p: Path_) -> tuple:
+    return (not p.success, -p.total_reward, len(p.steps), p.key)
+
+
+class MCTS:
+    def __init__(self, env: Environment, task: TaskSpec, policy: Policy, settings: SearchSettings, seed: int):
+        self.env, self.policy, self.settings = env, policy, settings
+        self.cfg = settings.mcts
+        self.rng = random.Random(seed)
+        self.nav = Navigator(env, task, self.cfg.branching, settings.budget.env_steps)
+        self.terminal_paths: dict[tuple[str, ...], Path_] = {}
+        self.instruction = ""
+        self.root: Node | None = None
+
+    def run(self) -> SearchResult:
+        start = time.monotonic()
+        budget = self.settings.budget
+        reset = self.nav.reset()
+        self.instruction = reset.instruction
+        root = Node(path=(), parent=None, prior=1.0, observation=reset.observation, stepped=True)
+        root.admissible = self.env.admissible_actions()
+        root.state = self.env.snapshot() if self.nav.snapshots else None
+        self.root = root
+        sims, stop = 0, "simulations"
+        while sims < budget.simulations:
+            if time.monotonic() - start > budget.wall_s:
+                stop = "wall_s"
+                break
+            try:
+                self._simulate(root)
+            except BudgetSpent:
+                stop = "env_steps"
+                break
+            sims += 1
+            if root.visits and self._exhausted(root):
+                stop = "tree_exhausted"
+                break
+        return SearchResult(
+            paths=self._paths(),
+            nodes=list(self._walk(root)),
+            env_steps=self.nav.env_steps,
+            simulations=sims,
+            wall_s=time.monotonic() - start,
+            instruction=self.instruction,
+            stop_reason=stop,
+            root=root,
+        )
+
+    # -- one simulation: select, expand one child, evaluate it, back up ---------------------
+    def _simulate(self, root: Node) -> None:
+        path, node = [root], root
+        while not node.terminal and node.depth < self.settings.max_steps:
+            if node.children is None:
+                node.children = self._candidates(node)
+            if not node.children:
+                break
+            child = self._select(node)
+            if not child.stepped:
+                self._step_into(node, child)
+                path.append(child)
+                node = child
+                break
+            path.append(child)
+            node = child
+        value = 0.0 if node.terminal or node.depth >= self.settings.max_steps else self._evaluate(node)
+        self._backup(path, value)
+
+    def _candidates(self, node: Node) -> list[Node]:
+        """Up to k distinct admissible actions, with the policy's priors (uniform if none)."""
+        actions = sorted(set(node.admissible))
+        priors_of = getattr(self.policy, "priors", None)
+        priors = priors_of(self._context(node)) if priors_of else {}
+        if len(actions) > self.cfg.expand_k:
+            if priors:
+                actions = sorted(actions, key=lambda a: -priors.get(a, 0.0))[: self.cfg.expand_k]
+            else:
+                actions = sorted(self.rng.sample(actions, self.cfg.expand_k))
+        weights = [priors.get(a, 0.0) for a in actions] if priors else [1.0] * len(actions)
+        total = sum(weights) or 1.0
+        return [Node(path=(*node.path, a), parent=node, prior=w / total) for a, w in zip(actions, weights, strict=True)]
+
+    def _select(self, node: Node) -> Node:
+        scale = self.cfg.c_puct * math.sqrt(node.visits + 1)
+        return max(node.children or [], key=lambda c: c.q + scale * c.prior / (1 + c.visits))
+
+    def _step_into(self, parent: Node, child: Node) -> None:
+        self.nav.goto(parent)
+        outcome = self.nav.step(child.action or "")
+        child.stepped = True
+        child.reward = outcome.reward
+        child.terminal = outcome.done
+        child.success = outcome.success
+        child.observation = outcome.observation
+        child.admissible = [] if outcome.done else self.env.admissible_actions()
+        if self.nav.snapshots:
+            child.state = self.env.snapshot()
+        if outcome.done:
+            self._record_terminal(self._tree_steps(child), child.observation, child.success)
+
+    def _evaluate(self, node: Node) -> float:
+        """A short rollout of the policy from the node; its rewards are the node's value."""
+        if self.cfg.rollout_depth <= 0:
+            return 0.0
+        self.nav.goto(node)
+        self.policy.start(self.rng.randrange(2**63))
+        observation, steps, total = node.observation, [], 0.0
+        admissible = node.admissible
+        try:
+            for _ in range(min(self.cfg.rollout_depth, self.settings.max_steps - node.depth)):
+                if not admissible:
+                    break
+                ctx = Context(self.env, self.instruction, observation, admissible)
+                action = self.policy.act(ctx).action
+                outcome = self.nav.step(action)
+                steps.append(Step(index=node.depth + len(steps), observation=observation, action=action,
+                                  reward=outcome.reward, done=outcome.done))
+                total += outcome.reward
+                observation = outcome.observation
+                if outcome.done:
+                    self._record_terminal(self._tree_steps(node) + steps, observation, outcome.success)
+                    break
+                admissible = self.env.admissible_actions()
+        finally:
+            self.nav.leave()
+        return total
+
+    @staticmethod
+    def _backup(path: list[Node], value: float) -> None:
+        ret = value
+        for node in reversed(path):
+            node.visits += 1
+            node.value_sum += ret
+            ret += node.reward
+
+    def _exhausted(self, node: Node) -> bool:
+        """Every reachable node is terminal or at the depth limit: nothing left to learn."""
+        if node.terminal or node.depth >= self.settings.max_steps:
+            return True
+        if node.children is None or not node.stepped:
+            return False
+        return all(self._exhausted(c) for c in node.children)
+
+    # -- outputs ----------------------------------------------------------------------------
+    def _tree_steps(self, node: Node) -> list[Step]:
+        chain = []
+        while node.parent is not None:
+            chain.append(node)
+            node = node.parent
+        chain.reverse()
+        return [
+            Step(index=i, observation=(c.parent.observation if c.parent else ""), action=c.action or "",
+                 reward=c.reward, done=c.terminal)
+            for i, c in enumerate(chain)
+        ]
+
+    def _record_terminal(self, steps: list[Step], final: str, success: bool | None) -> None:
+        key = tuple(s.action for s in steps)
+        if key not in self.terminal_paths:
+            total = round(sum(s.reward for s in steps), 9)
+            self.terminal_paths[key] = Path_(steps, total, bool(success), final, "done", key)
+
+    def _greedy(self) -> Path_:
+        """The most visited line of play from the root, when no terminal path was found."""
+        node = self.root
+        assert node is not None
+        while node.children and any(c.stepped for c in node.children):
+            node = max((c for c in node.children if c.stepped), key=lambda c: (c.visits, c.q, c.path))
+        steps = self._tree_steps(node)
+        return Path_(steps, round(sum(s.reward for s in steps), 9), False, node.observation, "search_budget",
+                     tuple(s.action for s in steps))
+
+    def _paths(self) -> list[Path_]:
+        found = sorted(self.terminal_paths.values(), key=_path_rank)
+        if not found or not found[0].success:
+            found.insert(0, self._greedy())
+            found.sort(key=_path_rank)
+        for p in found:
+            self._attach_values(p)
+        return found
+
+    def _attach_values(self, path: Path_) -> None:
+        """Per-step values for process reward data: the tree's Q where the step is in the tree,
+        the observed return-to-go where the path left the tree in a rollout."""
+        node, to_go = self.root, [0.0] * (len(path.steps) + 1)
+        for i in range(len(path.steps) - 1, -1, -1):
+            to_go[i] = to_go[i + 1] + path.steps[i].reward
+        for i, step in enumerate(path.steps):
+            child = _child(node, step.action) if node else None
+            step.value = round(child.q, 9) if child is not None and child.visits else round(to_go[i], 9)
+            node = child
+
+    def _walk(self, node: Node):
+        if node.stepped:
+            yield node
+            for child in node.children or []:
+                yield from self._walk(child)
+
+
+def _child(node: Node, action: str) -> Node | None:
+    for c in node.children or []:
+        if c.action == action and c.stepped:
+            return c
+    return None

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+
+from trajforge.environments.base import EnvironmentError_, TaskSpec
+from trajforge.environments.toy import ToyEnvironment
+from trajforge.schemas import conversation
+from trajforge.synthesizers.pairs import sibling_pairs, trajectory_pairs
+from trajforge.synthesizers.policies import RandomPolicy
+from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings, search
+
+TASK = TaskSpec("corridor-5-3", seed=1)
+
+
+def mcts(budget=Budget(env_steps=400), branching="auto", seed=7, task=TASK, **kw):
+    settings = SearchSettings(
+        method="mcts", max_steps=20, budget=budget, mcts=MCTSSettings(branching=branching, **kw)
+    )
+    return search(ToyEnvironment(max_length=6), task, RandomPolicy(), settings, seed)
+
+
+def tree(result):
+    return [(n.path, n.visits, round(n.value, 9), n.prior, n.reward, n.terminal) for n in result.nodes]
+
+
+def test_mcts_finds_a_verified_success_within_budget():
+    result = mcts()
+    best = result.paths[0]
+    assert best.success is True
+    assert best.steps[-1].action == "open door" and best.total_reward == 1.0
+    assert result.env_steps <= 400
+    assert all(s.value is not None for s in best.steps)
+
+
+def test_same_seed_same_tree_other_seed_other_tree():
+    assert tree(mcts(seed=7)) == tree(mcts(seed=7))
+    assert tree(mcts(seed=7)) != tree(mcts(seed=8))
+
+
+def test_snapshot_and_replay_build_the_same_tree_and_snapshot_steps_less():
+    budget = Budget(env_steps=10**6, simulations=150)
+    snap, replay = mcts(budget, "snapshot"), mcts(budget, "replay")
+    assert tree(snap) == tree(replay)
+    assert snap.simulations == replay.simulations == 150
+    assert snap.env_steps < replay.env_steps
+
+
+def test_budgets_stop_the_search():
+    assert mcts(Budget(env_steps=25)).env_steps == 25
+    assert mcts(Budget(env_steps=10**6, simulations=10)).simulations == 10
+    assert mcts(Budget(env_steps=10**6, wall_s=1e-9)).stop_reason == "wall_s"
+
+
+def test_nodes_form_a_tree_with_consistent_visits():
+    result = mcts()
+    root = result.nodes[0]
+    assert root.path == () and root.visits == result.simulations
+    for node in result.nodes[1:]:
+        assert node.parent is not None and node.path[:-1] == node.parent.path
+        assert node.parent.visits >= node.visits
+
+
+def test_sibling_pairs_respect_the_gap_and_extend_the_best_path():
+    result = mcts(Budget(env_steps=600))
+    best = result.paths[0]
+    steps = [s.row() for s in best.steps]
+    pairs = sibling_pairs(result.root, steps, env="toy", instruction=result.instruction, task_id="t", gap=0.2)
+    assert pairs
+    whole = conversation.messages("toy", result.instruction, steps)
+    for pair in pairs:
+        assert pair.q_chosen - pair.q_rejected >= 0.2
+        prefix = json.loads(pair.prefix)
+        assert whole[: len(prefix)] == prefix and prefix[-1]["role"] == "user"
+        assert pair.chosen == whole[len(prefix)]["content"] != pair.rejected
+
+
+def test_best_of_n_spends_the_same_budget_through_the_same_entry_point():
+    settings = SearchSettings(method="best_of_n", max_steps=20, samples=50, budget=Budget(env_steps=100))
+    result = search(ToyEnvironment(max_length=6), TASK, RandomPolicy(), settings, seed=3)
+    assert result.env_steps <= 100 and len(result.paths) >= 5
+    assert sorted(p.sample for p in result.paths) == list(range(len(result.paths)))
+    ranks = [(not p.success, -p.total_reward) for p in result.paths]
+    assert ranks == sorted(ranks)  # best first
+
+
+def test_trajectory_pairs_match_a_success_with_a_failure_of_the_same_task():
+    settings = SearchSettings(method="best_of_n", max_steps=8, samples=12, budget=Budget(env_steps=400))
+    result = search(
+        ToyEnvironment(max_length=6), TaskSpec("corridor-3-1", 2), RandomPolicy(), settings, seed=5
+    )
+    rows = [
+        {
+            "trajectory_id": f"t{p.sample}",
+            "task_id": "task",
+            "env": "toy",
+            "instruction": result.instruction,
+            "steps": [s.row() for s in p.steps],
+            "num_steps": len(p.steps),
+            "success": p.success,
+            "total_reward": p.total_reward,
+        }
+        for p in result.paths
+    ]
+    assert any(r["success"] for r in rows) and any(not r["success"] for r in rows)
+    pairs = trajectory_pairs(rows, max_pairs=3)
+    assert 1 <= len(pairs) <= 3
+    assert all(p.source == "trajectory" and p.q_chosen > p.q_rejected for p in pairs)
+
+
+def test_an_environment_crash_mid_search_raises_for_that_task_only():
+    with pytest.raises(EnvironmentError_):
+        mcts(task=TaskSpec("corridor-3-1-crash", 1))
