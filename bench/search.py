@@ -29,8 +29,16 @@ def run_method(env, specs, settings: SearchSettings) -> dict:
         steps += result.env_steps
         if result.root is not None and best.success:
             rows = [s.row() for s in best.steps]
-            pairs += len(sibling_pairs(result.root, rows, env="textworld", instruction=result.instruction,
-                                       task_id=str(i), gap=0.1))
+            pairs += len(
+                sibling_pairs(
+                    result.root,
+                    rows,
+                    env="textworld",
+                    instruction=result.instruction,
+                    task_id=str(i),
+                    gap=0.1,
+                )
+            )
     return {"solved": solved, "steps": steps, "pairs": pairs, "wall": time.perf_counter() - t0}
 
 
@@ -45,8 +53,10 @@ def main() -> None:
     ap.add_argument("--game", default="", help="tw-cooking options, e.g. recipe=2,take=2,go=6,open=true")
     args = ap.parse_args()
 
-    options = {k: (v == "true") if v in ("true", "false") else int(v)
-               for k, v in (kv.split("=") for kv in args.game.split(",") if kv)}
+    options = {
+        k: (v == "true") if v in ("true", "false") else int(v)
+        for k, v in (kv.split("=") for kv in args.game.split(",") if kv)
+    }
     env = TextWorldEnvironment(options=options or None)
     specs = env.task_specs(args.tasks, seed=0)
     env.prepare(specs, workers=2)
@@ -54,10 +64,15 @@ def main() -> None:
     mcts = MCTSSettings(rollout_depth=args.rollout_depth, c_puct=args.c_puct)
     methods = {
         "rollout": SearchSettings("rollout", args.max_steps, 1, budget),
-        "best_of_n": SearchSettings("best_of_n", args.max_steps, max(1, args.budget // args.max_steps), budget),
+        "best_of_n": SearchSettings(
+            "best_of_n", args.max_steps, max(1, args.budget // args.max_steps), budget
+        ),
         "mcts": SearchSettings("mcts", args.max_steps, 1, budget, mcts),
     }
-    print(f"\nsearch benchmark: {args.tasks} tw-cooking games ({env.settings}), {args.budget} env steps per task, random policy")
+    print(
+        f"\nsearch benchmark: {args.tasks} tw-cooking games ({env.settings}),"
+        f" {args.budget} env steps per task, random policy"
+    )
     print(f"{'method':<12}{'solved':>8}{'env steps':>11}{'pairs':>7}{'wall s':>8}")
     results = {}
     for name, settings in methods.items():
@@ -70,9 +85,13 @@ def main() -> None:
     print(f"{'branching':<12}{'env steps':>11}{'wall s':>8}")
     cost = {}
     for branching in ("snapshot", "replay"):
-        settings = SearchSettings("mcts", args.max_steps, 1, Budget(env_steps=10**9, simulations=args.sims),
-                                  MCTSSettings(rollout_depth=args.rollout_depth, c_puct=args.c_puct,
-                                               branching=branching))
+        settings = SearchSettings(
+            "mcts",
+            args.max_steps,
+            1,
+            Budget(env_steps=10**9, simulations=args.sims),
+            MCTSSettings(rollout_depth=args.rollout_depth, c_puct=args.c_puct, branching=branching),
+        )
         r = run_method(env, specs, settings)
         cost[branching] = r["steps"]
         print(f"{branching:<12}{r['steps']:>11}{r['wall']:>8.1f}")

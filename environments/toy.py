@@ -39,7 +39,9 @@ class ToyEnvironment:
         for _ in range(n):
             length = rng.randint(2, self.max_length)
             key = rng.randint(0, length - 1)
-            crash = "-crash" if self.crash_every and len(specs) % self.crash_every == self.crash_every - 1 else ""
+            crash = (
+                "-crash" if self.crash_every and len(specs) % self.crash_every == self.crash_every - 1 else ""
+            )
             specs.append(TaskSpec(f"corridor-{length}-{key}{crash}", seed=rng.randrange(2**31)))
         return specs
 

@@ -31,7 +31,7 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from trajforge.environments import registry  # noqa: E402
 from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
 from trajforge.schemas import arrow, ids  # noqa: E402
-from trajforge.schemas.records import Failure, Task, TreeNode, Trajectory  # noqa: E402
+from trajforge.schemas.records import Failure, Task, Trajectory, TreeNode  # noqa: E402
 from trajforge.synthesizers.pairs import sibling_pairs, trajectory_pairs  # noqa: E402
 from trajforge.synthesizers.policies import make_policy  # noqa: E402
 from trajforge.synthesizers.search import Path_, SearchResult, SearchSettings, search  # noqa: E402
@@ -78,8 +78,14 @@ class _EnvDoFn(beam.DoFn):
 
     def failure(self, item_id: str, task_id: str, stage: str, exc: BaseException) -> Any:
         detail = "".join(traceback.format_exception_only(exc)).strip()[:1000]
-        row = Failure(item_id=item_id, task_id=task_id, stage=stage, reason=type(exc).__name__,
-                      detail=detail, run_id=self.run_id).row()
+        row = Failure(
+            item_id=item_id,
+            task_id=task_id,
+            stage=stage,
+            reason=type(exc).__name__,
+            detail=detail,
+            run_id=self.run_id,
+        ).row()
         return beam.pvalue.TaggedOutput(FAILURES, row)
 
 
@@ -94,7 +100,9 @@ class DescribeTask(_EnvDoFn):
         except Exception as exc:  # noqa: BLE001 - one task fails, not the run
             yield self.failure(tid, tid, "describe", exc)
             return
-        yield Task.make(spec["env"], spec["env_task"], spec["seed"], reset.instruction, run_id=self.run_id).row()
+        yield Task.make(
+            spec["env"], spec["env_task"], spec["seed"], reset.instruction, run_id=self.run_id
+        ).row()
 
 
 def search_key(settings: SearchSettings) -> dict[str, Any]:
@@ -134,8 +142,13 @@ class Search(_EnvDoFn):
         seed = int(ids.content_id("search", task=task["task_id"], policy=policy_spec, key=key)[:8], 16)
         try:
             with self.env(task["env"]) as env:
-                result = search(env, TaskSpec(task["env_task"], task["seed"], task["instruction"]),
-                                make_policy(policy_spec), self.settings, seed)
+                result = search(
+                    env,
+                    TaskSpec(task["env_task"], task["seed"], task["instruction"]),
+                    make_policy(policy_spec),
+                    self.settings,
+                    seed,
+                )
         except Exception as exc:  # noqa: BLE001 - one item fails, not the run
             fid = ids.content_id("failure", task=task["task_id"], policy=policy_spec, key=key)
             return [self.failure(fid, task["task_id"], "search", exc)]
@@ -148,40 +161,76 @@ class Search(_EnvDoFn):
         paths = result.paths if keep_all else result.paths[:1]
         share = len(paths) or 1  # the search's cost, spread over what it produced
         for rank, path in enumerate(paths):
-            out.append(environment_verdict(self._trajectory(task, policy, key, path, result, share, rank).row()))
+            out.append(
+                environment_verdict(self._trajectory(task, policy, key, path, result, share, rank).row())
+            )
         root = result.root
         if root is not None:
             node_ids = {}
             for node in result.nodes:
-                nid = ids.content_id("node", task=task["task_id"], policy=policy, key=key, path=list(node.path))
+                nid = ids.content_id(
+                    "node", task=task["task_id"], policy=policy, key=key, path=list(node.path)
+                )
                 node_ids[id(node)] = nid
-                out.append(beam.pvalue.TaggedOutput(NODES, TreeNode(
-                    node_id=nid, task_id=task["task_id"], parent_id=node_ids.get(id(node.parent)),
-                    depth=node.depth, action=node.action, visits=node.visits, value=round(node.value, 9),
-                    prior=node.prior, reward=node.reward, terminal=node.terminal, run_id=self.run_id).row()))
+                out.append(
+                    beam.pvalue.TaggedOutput(
+                        NODES,
+                        TreeNode(
+                            node_id=nid,
+                            task_id=task["task_id"],
+                            parent_id=node_ids.get(id(node.parent)),
+                            depth=node.depth,
+                            action=node.action,
+                            visits=node.visits,
+                            value=round(node.value, 9),
+                            prior=node.prior,
+                            reward=node.reward,
+                            terminal=node.terminal,
+                            run_id=self.run_id,
+                        ).row(),
+                    )
+                )
             best = result.paths[0] if result.paths else None
             if best is not None and best.success:
-                for pair in sibling_pairs(root, [s.row() for s in best.steps], env=task["env"],
-                                          instruction=result.instruction, task_id=task["task_id"],
-                                          gap=self.options["pair_gap"], run_id=self.run_id):
+                for pair in sibling_pairs(
+                    root,
+                    [s.row() for s in best.steps],
+                    env=task["env"],
+                    instruction=result.instruction,
+                    task_id=task["task_id"],
+                    gap=self.options["pair_gap"],
+                    run_id=self.run_id,
+                ):
                     out.append(beam.pvalue.TaggedOutput(PAIRS, pair.row()))
         return out
 
-    def _trajectory(self, task: dict, policy: str, key: dict, path: Path_, result: SearchResult,
-                    share: int, rank: int) -> Trajectory:
+    def _trajectory(
+        self, task: dict, policy: str, key: dict, path: Path_, result: SearchResult, share: int, rank: int
+    ) -> Trajectory:
         if self.settings.method == "mcts":
-            tid = ids.content_id("trajectory", task_id=task["task_id"], policy=policy, search=key,
-                                 path=list(path.key))
+            tid = ids.content_id(
+                "trajectory", task_id=task["task_id"], policy=policy, search=key, path=list(path.key)
+            )
         else:
             tid = ids.trajectory_id(task["task_id"], policy, key, path.sample)
         return Trajectory(
-            trajectory_id=tid, task_id=task["task_id"], env=task["env"], instruction=result.instruction,
-            search=self.settings.method, policy=policy, steps=path.steps, num_steps=len(path.steps),
-            total_reward=path.total_reward, success=path.success,
-            tokens_in=result.tokens_in // share, tokens_out=result.tokens_out // share,
+            trajectory_id=tid,
+            task_id=task["task_id"],
+            env=task["env"],
+            instruction=result.instruction,
+            search=self.settings.method,
+            policy=policy,
+            steps=path.steps,
+            num_steps=len(path.steps),
+            total_reward=path.total_reward,
+            success=path.success,
+            tokens_in=result.tokens_in // share,
+            tokens_out=result.tokens_out // share,
             env_steps=result.env_steps // share + (result.env_steps % share if rank == 0 else 0),
-            wall_s=result.wall_s / share, final_observation=path.final_observation,
-            stop_reason=path.stop_reason, run_id=self.run_id,
+            wall_s=result.wall_s / share,
+            final_observation=path.final_observation,
+            stop_reason=path.stop_reason,
+            run_id=self.run_id,
         )
 
 
@@ -226,7 +275,8 @@ def build(
         | "Expand" >> beam.FlatMap(lambda t: [(t, policy) for policy in policies])
         | "Reshuffle work" >> beam.Reshuffle()
         | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=concurrency)
-        | "Search" >> beam.ParDo(Search(env_options, run_id, settings, options)).with_outputs(
+        | "Search"
+        >> beam.ParDo(Search(env_options, run_id, settings, options)).with_outputs(
             FAILURES, NODES, PAIRS, main="trajectories"
         )
     )

@@ -22,15 +22,40 @@ def _json(messages: list[dict[str, str]]) -> str:
     return json.dumps(messages, ensure_ascii=False)
 
 
-def _pair(task_id: str, step_index: int, prefix: str, chosen: str, rejected: str, qc, qr, source, run_id) -> Pair:
-    pid = ids.content_id("pair", task_id=task_id, step=step_index, prefix=prefix, chosen=chosen,
-                         rejected=rejected, source=source)
-    return Pair(pair_id=pid, task_id=task_id, step_index=step_index, prefix=prefix, chosen=chosen,
-                rejected=rejected, q_chosen=qc, q_rejected=qr, source=source, run_id=run_id)
+def _pair(
+    task_id: str, step_index: int, prefix: str, chosen: str, rejected: str, qc, qr, source, run_id
+) -> Pair:
+    pid = ids.content_id(
+        "pair",
+        task_id=task_id,
+        step=step_index,
+        prefix=prefix,
+        chosen=chosen,
+        rejected=rejected,
+        source=source,
+    )
+    return Pair(
+        pair_id=pid,
+        task_id=task_id,
+        step_index=step_index,
+        prefix=prefix,
+        chosen=chosen,
+        rejected=rejected,
+        q_chosen=qc,
+        q_rejected=qr,
+        source=source,
+        run_id=run_id,
+    )
 
 
 def sibling_pairs(
-    root: Any, steps: list[dict[str, Any]], *, env: str, instruction: str, task_id: str, gap: float,
+    root: Any,
+    steps: list[dict[str, Any]],
+    *,
+    env: str,
+    instruction: str,
+    task_id: str,
+    gap: float,
     run_id: str | None = None,
 ) -> list[Pair]:
     """Pairs at each tree node along `steps` (a successful path's step rows)."""
@@ -45,7 +70,9 @@ def sibling_pairs(
             if sib is chosen or not sib.visits or chosen.q - sib.q < gap:
                 continue
             rejected = conversation.assistant_text(sib.action, None)
-            pairs.append(_pair(task_id, i, prefix, chosen_text, rejected, chosen.q, sib.q, "mcts_sibling", run_id))
+            pairs.append(
+                _pair(task_id, i, prefix, chosen_text, rejected, chosen.q, sib.q, "mcts_sibling", run_id)
+            )
         node = chosen
     return pairs
 
@@ -54,14 +81,26 @@ def trajectory_pairs(trajectories: Iterable[dict[str, Any]], *, max_pairs: int =
     """Success x failure pairs of one task's trajectories, the shortest successes first."""
     rows = sorted(trajectories, key=lambda t: (t["num_steps"], t["trajectory_id"]))
     wins = [t for t in rows if t["success"]]
-    losses = sorted((t for t in rows if t["success"] is False),
-                    key=lambda t: (t["total_reward"], t["trajectory_id"]))
+    losses = sorted(
+        (t for t in rows if t["success"] is False), key=lambda t: (t["total_reward"], t["trajectory_id"])
+    )
     out = []
     for win, loss in list(product(wins, losses))[:max_pairs]:
         whole_w = conversation.messages(win["env"], win["instruction"], win["steps"])
         whole_l = conversation.messages(loss["env"], loss["instruction"], loss["steps"])
         if len(whole_w) < 3 or len(whole_l) < 3 or whole_w[:2] != whole_l[:2]:
             continue  # not the same start: not a fair comparison
-        out.append(_pair(win["task_id"], 0, _json(whole_w[:2]), _json(whole_w[2:]), _json(whole_l[2:]),
-                         win["total_reward"], loss["total_reward"], "trajectory", win.get("run_id")))
+        out.append(
+            _pair(
+                win["task_id"],
+                0,
+                _json(whole_w[:2]),
+                _json(whole_w[2:]),
+                _json(whole_l[2:]),
+                win["total_reward"],
+                loss["total_reward"],
+                "trajectory",
+                win.get("run_id"),
+            )
+        )
     return out

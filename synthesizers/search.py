@@ -164,7 +164,9 @@ class Navigator:
         self._at = None
 
 
-def search(env: Environment, task: TaskSpec, policy: Policy, settings: SearchSettings, seed: int) -> SearchResult:
+def search(
+    env: Environment, task: TaskSpec, policy: Policy, settings: SearchSettings, seed: int
+) -> SearchResult:
     if settings.method == "mcts":
         return MCTS(env, task, policy, settings, seed).run()
     return sample_rollouts(env, task, policy, settings, seed)
@@ -183,8 +185,14 @@ def sample_rollouts(
         wall_left = settings.budget.wall_s - (time.monotonic() - start)
         if left <= 0 or wall_left <= 0:
             break
-        ep = rollout(env, task, policy, seed=rng.randrange(2**63), max_steps=min(settings.max_steps, left),
-                     timeout_s=wall_left)
+        ep = rollout(
+            env,
+            task,
+            policy,
+            seed=rng.randrange(2**63),
+            max_steps=min(settings.max_steps, left),
+            timeout_s=wall_left,
+        )
         result.instruction = ep.instruction
         result.env_steps += ep.env_steps
         result.simulations += 1
@@ -275,7 +283,10 @@ class MCTS:
                 actions = sorted(self.rng.sample(actions, self.cfg.expand_k))
         weights = [priors.get(a, 0.0) for a in actions] if priors else [1.0] * len(actions)
         total = sum(weights) or 1.0
-        return [Node(path=(*node.path, a), parent=node, prior=w / total) for a, w in zip(actions, weights, strict=True)]
+        return [
+            Node(path=(*node.path, a), parent=node, prior=w / total)
+            for a, w in zip(actions, weights, strict=True)
+        ]
 
     def _select(self, node: Node) -> Node:
         scale = self.cfg.c_puct * math.sqrt(node.visits + 1)
@@ -310,8 +321,15 @@ class MCTS:
                 ctx = Context(self.env, self.instruction, observation, admissible)
                 action = self.policy.act(ctx).action
                 outcome = self.nav.step(action)
-                steps.append(Step(index=node.depth + len(steps), observation=observation, action=action,
-                                  reward=outcome.reward, done=outcome.done))
+                steps.append(
+                    Step(
+                        index=node.depth + len(steps),
+                        observation=observation,
+                        action=action,
+                        reward=outcome.reward,
+                        done=outcome.done,
+                    )
+                )
                 total += outcome.reward
                 observation = outcome.observation
                 if outcome.done:
@@ -346,8 +364,13 @@ class MCTS:
             node = node.parent
         chain.reverse()
         return [
-            Step(index=i, observation=(c.parent.observation if c.parent else ""), action=c.action or "",
-                 reward=c.reward, done=c.terminal)
+            Step(
+                index=i,
+                observation=(c.parent.observation if c.parent else ""),
+                action=c.action or "",
+                reward=c.reward,
+                done=c.terminal,
+            )
             for i, c in enumerate(chain)
         ]
 
@@ -364,8 +387,14 @@ class MCTS:
         while node.children and any(c.stepped for c in node.children):
             node = max((c for c in node.children if c.stepped), key=lambda c: (c.visits, c.q, c.path))
         steps = self._tree_steps(node)
-        return Path_(steps, round(sum(s.reward for s in steps), 9), False, node.observation, "search_budget",
-                     tuple(s.action for s in steps))
+        return Path_(
+            steps,
+            round(sum(s.reward for s in steps), 9),
+            False,
+            node.observation,
+            "search_budget",
+            tuple(s.action for s in steps),
+        )
 
     def _paths(self) -> list[Path_]:
         found = sorted(self.terminal_paths.values(), key=_path_rank)

@@ -109,7 +109,9 @@ def _check_runnable(cfg: Any) -> None:
 
         for env in cfg.envs:
             if not getattr(registry.environment_class(env.name), "supports_snapshot", False):
-                raise ConfigError(f"mcts.branching: {env.name} has no snapshot/restore; use 'auto' or 'replay'")
+                raise ConfigError(
+                    f"mcts.branching: {env.name} has no snapshot/restore; use 'auto' or 'replay'"
+                )
 
 
 def _print_summary(cfg: Any, summary: dict[str, Any]) -> None:

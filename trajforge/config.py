@@ -57,7 +57,10 @@ class RunConfig(BaseModel):
     search: Literal["rollout", "best_of_n", "mcts"] = "rollout"
     policies: list[str] = Field(default_factory=lambda: ["oracle", "random"], min_length=1)
     samples: int | None = Field(
-        None, ge=1, le=10_000, description="best_of_n rollouts per task and policy (default: budget / max_steps)"
+        None,
+        ge=1,
+        le=10_000,
+        description="best_of_n rollouts per task and policy (default: budget / max_steps)",
     )
     max_steps: int = Field(40, ge=1, le=10_000, description="steps per episode (MCTS: tree depth)")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)

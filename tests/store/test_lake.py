@@ -155,6 +155,8 @@ def test_steps_view_has_one_row_per_step(out, make):
         "trajectory_id",
         "task_id",
         "env",
+        "search",
+        "policy",
         "run_id",
         "step_index",
         "observation",
@@ -162,6 +164,7 @@ def test_steps_view_has_one_row_per_step(out, make):
         "thought",
         "reward",
         "done",
+        "value",
         "success",
     ]
     first = steps.slice(0, 1).to_pylist()[0]

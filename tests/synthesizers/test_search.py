@@ -12,7 +12,10 @@ from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings, 
 TASK = TaskSpec("corridor-5-3", seed=1)
 
 
-def mcts(budget=Budget(env_steps=400), branching="auto", seed=7, task=TASK, **kw):
+DEFAULT_BUDGET = Budget(env_steps=400)
+
+
+def mcts(budget=DEFAULT_BUDGET, branching="auto", seed=7, task=TASK, **kw):
     settings = SearchSettings(
         method="mcts", max_steps=20, budget=budget, mcts=MCTSSettings(branching=branching, **kw)
     )
