@@ -96,6 +96,7 @@ def main() -> None:
         cost[branching] = r["steps"]
         print(f"{branching:<12}{r['steps']:>11}{r['wall']:>8.1f}")
     print(f"replay costs {cost['replay'] / max(cost['snapshot'], 1):.1f}x the env steps of snapshot/restore")
+    print("(both reuse every visited prefix; replay also steps to reposition the environment)")
 
 
 if __name__ == "__main__":

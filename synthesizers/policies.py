@@ -58,6 +58,7 @@ class OraclePolicy:
     """Follows the environment's walkthrough; random where the environment has none."""
 
     spec = "oracle"
+    reads_env_state = True  # a search must put the environment where the policy acts
 
     def __init__(self) -> None:
         self._fallback = RandomPolicy()

@@ -78,7 +78,6 @@ class Node:
     success: bool | None = None
     observation: str = ""
     admissible: list[str] = field(default_factory=list)
-    state: Any = None  # the environment's snapshot, in snapshot branching
     stepped: bool = False
     visits: int = 0
     value_sum: float = 0.0  # sum of returns after this node
@@ -120,8 +119,23 @@ class BudgetSpent(Exception):
     """Raised inside a simulation when the environment-step budget runs out."""
 
 
+@dataclass
+class Visit:
+    """What the environment showed at the end of an action prefix."""
+
+    observation: str
+    reward: float
+    done: bool
+    success: bool | None
+    admissible: list[str]
+    state: Any = None  # the environment's snapshot, in snapshot branching
+
+
 class Navigator:
-    """Puts the environment at the end of an action path and counts every step it takes."""
+    """Answers "what happens after this prefix and this action?", stepping the environment
+    only for prefixes never seen before: every visited prefix is cached, so no prefix is
+    stepped twice. To step from a prefix, it restores the prefix's snapshot when it can,
+    otherwise replays the prefix from reset. Every real environment step is counted."""
 
     def __init__(self, env: Environment, task: TaskSpec, branching: Branching, step_budget: int) -> None:
         use_snapshot = branching == "snapshot" or (branching == "auto" and env.supports_snapshot)
@@ -130,38 +144,59 @@ class Navigator:
         self.env, self.task, self.snapshots = env, task, use_snapshot
         self.step_budget = step_budget
         self.env_steps = 0
-        self._at: tuple[str, ...] | None = None  # the path the environment is at, if known
+        self.cache: dict[tuple[str, ...], Visit] = {}
+        self._at: tuple[str, ...] | None = None  # the prefix the environment is at, if known
 
-    def reset(self) -> Reset:
+    def root(self) -> tuple[Reset, Visit]:
+        reset = self._reset()
+        visit = Visit(reset.observation, 0.0, False, None, self.env.admissible_actions(), self._snapshot())
+        self.cache[()] = visit
+        return reset, visit
+
+    def visit(self, prefix: tuple[str, ...], action: str) -> Visit:
+        path = (*prefix, action)
+        if path in self.cache:
+            return self.cache[path]
+        self.goto(prefix)
+        outcome = self._step(action)
+        self._at = path
+        admissible = [] if outcome.done else self.env.admissible_actions()
+        visit = Visit(
+            outcome.observation, outcome.reward, outcome.done, outcome.success, admissible, self._snapshot()
+        )
+        self.cache[path] = visit
+        return visit
+
+    def goto(self, path: tuple[str, ...]) -> None:
+        """Put the environment itself at the end of a prefix it has visited."""
+        if self._at == path:
+            return
+        if self.snapshots:
+            self.env.restore(self.cache[path].state)
+            self._at = path
+            return
+        at = self._at
+        if at is None or path[: len(at)] != at:
+            self._reset()
+            at = ()
+        for i, action in enumerate(path[len(at) :], start=len(at) + 1):
+            self._step(action)
+            self._at = path[:i]
+
+    def _snapshot(self) -> Any:
+        return self.env.snapshot() if self.snapshots else None
+
+    def _reset(self) -> Reset:
         reset = self.env.reset(self.task)
         self._at = ()
         return reset
 
-    def goto(self, node: Node) -> None:
-        if self._at == node.path:
-            return
-        if self.snapshots:
-            self.env.restore(node.state)
-            self._at = node.path
-            return
-        at = self._at
-        if at is None or node.path[: len(at)] != at:
-            self.reset()
-            at = ()
-        for action in node.path[len(at) :]:
-            self.step(action)
-
-    def step(self, action: str) -> StepOutcome:
+    def _step(self, action: str) -> StepOutcome:
         if self.env_steps >= self.step_budget:
             raise BudgetSpent
         self.env_steps += 1
-        outcome = self.env.step(action)
-        self._at = None if self._at is None else (*self._at, action)
-        return outcome
-
-    def leave(self) -> None:
-        """The environment moved without us knowing where (e.g. a rollout ran on it)."""
-        self._at = None
+        self._at = None  # unknown until the caller says where the step led
+        return self.env.step(action)
 
 
 def search(
@@ -221,11 +256,10 @@ class MCTS:
     def run(self) -> SearchResult:
         start = time.monotonic()
         budget = self.settings.budget
-        reset = self.nav.reset()
+        reset, first = self.nav.root()
         self.instruction = reset.instruction
         root = Node(path=(), parent=None, prior=1.0, observation=reset.observation, stepped=True)
-        root.admissible = self.env.admissible_actions()
-        root.state = self.env.snapshot() if self.nav.snapshots else None
+        root.admissible = first.admissible
         self.root = root
         sims, stop = 0, "simulations"
         while sims < budget.simulations:
@@ -293,52 +327,40 @@ class MCTS:
         return max(node.children or [], key=lambda c: c.q + scale * c.prior / (1 + c.visits))
 
     def _step_into(self, parent: Node, child: Node) -> None:
-        self.nav.goto(parent)
-        outcome = self.nav.step(child.action or "")
+        visit = self.nav.visit(parent.path, child.action or "")
         child.stepped = True
-        child.reward = outcome.reward
-        child.terminal = outcome.done
-        child.success = outcome.success
-        child.observation = outcome.observation
-        child.admissible = [] if outcome.done else self.env.admissible_actions()
-        if self.nav.snapshots:
-            child.state = self.env.snapshot()
-        if outcome.done:
+        child.reward, child.terminal, child.success = visit.reward, visit.done, visit.success
+        child.observation, child.admissible = visit.observation, visit.admissible
+        if visit.done:
             self._record_terminal(self._tree_steps(child), child.observation, child.success)
 
     def _evaluate(self, node: Node) -> float:
         """A short rollout of the policy from the node; its rewards are the node's value."""
-        if self.cfg.rollout_depth <= 0:
-            return 0.0
-        self.nav.goto(node)
         self.policy.start(self.rng.randrange(2**63))
-        observation, steps, total = node.observation, [], 0.0
-        admissible = node.admissible
-        try:
-            for _ in range(min(self.cfg.rollout_depth, self.settings.max_steps - node.depth)):
-                if not admissible:
-                    break
-                ctx = Context(self.env, self.instruction, observation, admissible)
-                action = self.policy.act(ctx).action
-                outcome = self.nav.step(action)
-                steps.append(
-                    Step(
-                        index=node.depth + len(steps),
-                        observation=observation,
-                        action=action,
-                        reward=outcome.reward,
-                        done=outcome.done,
-                    )
+        prefix, observation, admissible = node.path, node.observation, node.admissible
+        steps: list[Step] = []
+        for _ in range(min(self.cfg.rollout_depth, self.settings.max_steps - node.depth)):
+            if not admissible:
+                break
+            if getattr(self.policy, "reads_env_state", False):
+                self.nav.goto(prefix)  # e.g. the oracle asks the environment for its walkthrough
+            ctx = Context(self.env, self.instruction, observation, admissible)
+            action = self.policy.act(ctx).action
+            visit = self.nav.visit(prefix, action)
+            steps.append(
+                Step(
+                    index=node.depth + len(steps),
+                    observation=observation,
+                    action=action,
+                    reward=visit.reward,
+                    done=visit.done,
                 )
-                total += outcome.reward
-                observation = outcome.observation
-                if outcome.done:
-                    self._record_terminal(self._tree_steps(node) + steps, observation, outcome.success)
-                    break
-                admissible = self.env.admissible_actions()
-        finally:
-            self.nav.leave()
-        return total
+            )
+            prefix, observation, admissible = (*prefix, action), visit.observation, visit.admissible
+            if visit.done:
+                self._record_terminal(self._tree_steps(node) + steps, observation, visit.success)
+                break
+        return sum(s.reward for s in steps)
 
     @staticmethod
     def _backup(path: list[Node], value: float) -> None:

@@ -113,3 +113,17 @@ def test_trajectory_pairs_match_a_success_with_a_failure_of_the_same_task():
 def test_an_environment_crash_mid_search_raises_for_that_task_only():
     with pytest.raises(EnvironmentError_):
         mcts(task=TaskSpec("corridor-3-1-crash", 1))
+
+
+def test_oracle_rollouts_inside_mcts_read_the_right_state():
+    from trajforge.synthesizers.policies import OraclePolicy
+
+    for branching in ("snapshot", "replay"):
+        settings = SearchSettings(
+            method="mcts",
+            max_steps=20,
+            budget=Budget(env_steps=200),
+            mcts=MCTSSettings(branching=branching, rollout_depth=20),
+        )
+        result = search(ToyEnvironment(max_length=6), TASK, OraclePolicy(), settings, seed=1)
+        assert result.paths[0].success and len(result.paths[0].steps) == 7  # the shortest solution
