@@ -16,34 +16,30 @@ from pathlib import Path
 from trajforge.environments import registry
 from trajforge.environments.base import TaskSpec
 from trajforge.flows.staging import RunDir
-from trajforge.pipelines import rollout as pipeline
+from trajforge.pipelines import synthesis
 from trajforge.schemas import ids
 from trajforge.synthesizers.policies import make_policy
-from trajforge.synthesizers.rollout import rollout
+from trajforge.synthesizers.search import Budget, SearchSettings, search, search_seed
 
-SETTINGS = {"search": "best_of_n", "max_steps": 40, "episode_timeout_s": 120.0}
+
+def settings_for(samples: int) -> SearchSettings:
+    return SearchSettings("best_of_n", max_steps=40, samples=samples, budget=Budget(env_steps=40 * samples))
 
 
 def bare_loop(env_name: str, specs: list[dict], policies: list[str], samples: int) -> tuple[int, int]:
+    """The same searches, with the same seeds as the pipeline's, in one plain loop."""
     env = registry.make(env_name)
+    settings = settings_for(samples)
     steps = trajectories = 0
     for spec in specs:
-        tid = ids.task_id(env_name, spec["env_task"], spec["seed"])
+        task_id = ids.task_id(env_name, spec["env_task"], spec["seed"])
         for policy in policies:
-            for i in range(samples):
-                seed = int(
-                    ids.trajectory_id(tid, policy, {"search": "best_of_n", "max_steps": 40}, i)[:8], 16
-                )
-                ep = rollout(
-                    env,
-                    TaskSpec(spec["env_task"], spec["seed"]),
-                    make_policy(policy),
-                    seed=seed,
-                    max_steps=SETTINGS["max_steps"],
-                    timeout_s=SETTINGS["episode_timeout_s"],
-                )
-                steps += ep.env_steps
-                trajectories += 1
+            seed = search_seed(task_id, policy, settings)
+            result = search(
+                env, TaskSpec(spec["env_task"], spec["seed"]), make_policy(policy), settings, seed
+            )
+            steps += result.env_steps
+            trajectories += len(result.paths)
     env.close()
     return steps, trajectories
 
@@ -54,15 +50,14 @@ def beam_pipeline(
     tmp = Path(tempfile.mkdtemp(prefix="trajforge-bench-"))
     try:
         run_dir = RunDir(tmp, "bench")
-        pipeline.run(
+        synthesis.run(
             options,
             specs=specs,
             staging=run_dir.staging,
             run_id="bench",
             env_options={},
             policies=policies,
-            samples=samples,
-            settings=SETTINGS,
+            settings=settings_for(samples),
         )
         table = run_dir.read_staged("trajectories")
         return sum(table["env_steps"].to_pylist()), table.num_rows

@@ -34,7 +34,7 @@ from trajforge.schemas import arrow, ids  # noqa: E402
 from trajforge.schemas.records import Failure, Task, Trajectory, TreeNode  # noqa: E402
 from trajforge.synthesizers.pairs import sibling_pairs, trajectory_pairs  # noqa: E402
 from trajforge.synthesizers.policies import make_policy  # noqa: E402
-from trajforge.synthesizers.search import Path_, SearchResult, SearchSettings, search  # noqa: E402
+from trajforge.synthesizers.search import Path_, SearchResult, SearchSettings, search, search_key, search_seed  # noqa: E402
 from trajforge.validators.verifier import environment_verdict  # noqa: E402
 
 FAILURES, NODES, PAIRS = "failures", "nodes", "pairs"
@@ -105,19 +105,6 @@ class DescribeTask(_EnvDoFn):
         ).row()
 
 
-def search_key(settings: SearchSettings) -> dict[str, Any]:
-    """What decides a search's outcome; part of every id it produces (wall time is not)."""
-    key: dict[str, Any] = {"search": settings.method, "max_steps": settings.max_steps}
-    if settings.method != "rollout":
-        key["budget"] = {"env_steps": settings.budget.env_steps, "simulations": settings.budget.simulations}
-    if settings.method == "best_of_n":
-        key["samples"] = settings.samples
-    if settings.method == "mcts":
-        m = settings.mcts
-        key["mcts"] = {"expand_k": m.expand_k, "c_puct": m.c_puct, "rollout_depth": m.rollout_depth}
-    return key
-
-
 class Search(_EnvDoFn):
     """A batch of (task, policy) items -> trajectories, tree nodes and sibling pairs."""
 
@@ -139,7 +126,7 @@ class Search(_EnvDoFn):
     def _one(self, item: tuple[dict, str]) -> list[Any]:
         task, policy_spec = item
         key = search_key(self.settings)
-        seed = int(ids.content_id("search", task=task["task_id"], policy=policy_spec, key=key)[:8], 16)
+        seed = search_seed(task["task_id"], policy_spec, self.settings)
         try:
             with self.env(task["env"]) as env:
                 result = search(

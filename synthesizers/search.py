@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from trajforge.environments.base import Environment, Reset, StepOutcome, TaskSpec
+from trajforge.schemas import ids
 from trajforge.schemas.records import Step
 from trajforge.synthesizers.policies import Context, Policy
 from trajforge.synthesizers.rollout import Episode, rollout
@@ -197,6 +198,24 @@ class Navigator:
         self.env_steps += 1
         self._at = None  # unknown until the caller says where the step led
         return self.env.step(action)
+
+
+def search_key(settings: SearchSettings) -> dict[str, Any]:
+    """What decides a search's outcome; part of every id it produces (wall time is not)."""
+    key: dict[str, Any] = {"search": settings.method, "max_steps": settings.max_steps}
+    if settings.method != "rollout":
+        key["budget"] = {"env_steps": settings.budget.env_steps, "simulations": settings.budget.simulations}
+    if settings.method == "best_of_n":
+        key["samples"] = settings.samples
+    if settings.method == "mcts":
+        m = settings.mcts
+        key["mcts"] = {"expand_k": m.expand_k, "c_puct": m.c_puct, "rollout_depth": m.rollout_depth}
+    return key
+
+
+def search_seed(task_id: str, policy: str, settings: SearchSettings) -> int:
+    """The seed of a (task, policy) search: the same wherever and whenever it runs."""
+    return int(ids.content_id("search", task=task_id, policy=policy, key=search_key(settings))[:8], 16)
 
 
 def search(
