@@ -29,7 +29,8 @@ test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/rollout.py
+	$(BIN)/python bench/rollout.py --env textworld --tasks 20 --samples 4
+	$(BIN)/python bench/search.py --tasks 20
 
 clean:
 	rm -rf $(VENV) $(OUT)
