@@ -32,6 +32,7 @@ class TaskSpec:
 class Reset:
     observation: str
     instruction: str
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. "screenshot": PNG bytes
 
 
 @dataclass

@@ -31,14 +31,14 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from trajforge.environments import registry  # noqa: E402
 from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
 from trajforge.schemas import arrow, ids  # noqa: E402
-from trajforge.schemas.records import Failure, Task, Trajectory, TreeNode  # noqa: E402
+from trajforge.schemas.records import Artifact, Failure, Task, Trajectory, TreeNode  # noqa: E402
 from trajforge.synthesizers.pairs import sibling_pairs, trajectory_pairs  # noqa: E402
 from trajforge.synthesizers.policies import make_policy  # noqa: E402
 from trajforge.synthesizers.search import Path_, SearchResult, SearchSettings, search, search_key, search_seed  # noqa: E402
 from trajforge.validators.verifier import environment_verdict  # noqa: E402
 
-FAILURES, NODES, PAIRS = "failures", "nodes", "pairs"
-STAGED_TABLES = ("tasks", "trajectories", "failures", "pairs", "nodes")
+FAILURES, NODES, PAIRS, ARTIFACTS = "failures", "nodes", "pairs", "artifacts"
+STAGED_TABLES = ("tasks", "trajectories", "failures", "pairs", "nodes", "artifacts")
 
 
 class _EnvDoFn(beam.DoFn):
@@ -148,9 +148,11 @@ class Search(_EnvDoFn):
         paths = result.paths if keep_all else result.paths[:1]
         share = len(paths) or 1  # the search's cost, spread over what it produced
         for rank, path in enumerate(paths):
-            out.append(
-                environment_verdict(self._trajectory(task, policy, key, path, result, share, rank).row())
-            )
+            record = self._trajectory(task, policy, key, path, result, share, rank)
+            out.append(environment_verdict(record.row()))
+            for index, png in sorted(path.screenshots.items()):
+                shot = Artifact.make(record.trajectory_id, index, "screenshot", "image/png", png)
+                out.append(beam.pvalue.TaggedOutput(ARTIFACTS, shot.row()))
         root = result.root
         if root is not None:
             node_ids = {}
@@ -264,7 +266,7 @@ def build(
         | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=concurrency)
         | "Search"
         >> beam.ParDo(Search(env_options, run_id, settings, options)).with_outputs(
-            FAILURES, NODES, PAIRS, main="trajectories"
+            FAILURES, NODES, PAIRS, ARTIFACTS, main="trajectories"
         )
     )
     trajectory_level = (
@@ -276,6 +278,7 @@ def build(
     _write(described.tasks, staging, "tasks")
     _write(searched.trajectories, staging, "trajectories")
     _write(searched[NODES], staging, "nodes")
+    _write(searched[ARTIFACTS], staging, "artifacts")
     _write((searched[PAIRS], trajectory_level) | "All pairs" >> beam.Flatten(), staging, "pairs")
     _write((described.failures, searched.failures) | "All failures" >> beam.Flatten(), staging, "failures")
 

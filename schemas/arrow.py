@@ -121,6 +121,7 @@ NODES = pa.schema(
 
 ARTIFACTS = pa.schema(
     [
+        ("artifact_id", pa.string()),
         ("trajectory_id", pa.string()),
         ("step_index", pa.int32()),
         ("kind", pa.string()),
@@ -137,6 +138,7 @@ TABLES: dict[str, tuple[pa.Schema, str]] = {
     "failures": (FAILURES, "item_id"),
     "pairs": (PAIRS, "pair_id"),
     "nodes": (NODES, "node_id"),
+    "artifacts": (ARTIFACTS, "artifact_id"),
 }
 
 

@@ -113,6 +113,29 @@ class TreeNode(Record):
     run_id: str | None = None
 
 
+class Artifact(Record):
+    """A screenshot or page capture of a step: stored beside trajectories, never inline."""
+
+    artifact_id: str
+    trajectory_id: str
+    step_index: int
+    kind: str
+    mime: str
+    data: bytes
+
+    @classmethod
+    def make(cls, trajectory_id: str, step_index: int, kind: str, mime: str, data: bytes) -> Artifact:
+        aid = ids.content_id("artifact", trajectory=trajectory_id, step=step_index, kind=kind)
+        return cls(
+            artifact_id=aid,
+            trajectory_id=trajectory_id,
+            step_index=step_index,
+            kind=kind,
+            mime=mime,
+            data=data,
+        )
+
+
 class Failure(Record):
     """An item that failed (an environment crash, a timeout): recorded, never fatal to the run."""
 

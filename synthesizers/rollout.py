@@ -22,6 +22,7 @@ class Episode:
     tokens_in: int = 0
     tokens_out: int = 0
     wall_s: float = 0.0
+    screenshots: dict[int, bytes] = field(default_factory=dict)  # the page before step i
 
 
 def rollout(
@@ -41,6 +42,7 @@ def rollout(
     policy.start(seed)
     ep = Episode(instruction=reset.instruction)
     observation = reset.observation
+    _keep_screenshot(ep, 0, reset.info)
     while True:
         if len(ep.steps) >= max_steps:
             ep.stop_reason = "max_steps"
@@ -70,6 +72,7 @@ def rollout(
             )
         )
         observation = outcome.observation
+        _keep_screenshot(ep, len(ep.steps), outcome.info)
         if outcome.success is not None:
             ep.success = outcome.success
         if outcome.done:
@@ -81,3 +84,9 @@ def rollout(
     ep.final_observation = observation
     ep.wall_s = time.monotonic() - start
     return ep
+
+
+def _keep_screenshot(ep: Episode, index: int, info: dict) -> None:
+    shot = info.get("screenshot")
+    if shot:
+        ep.screenshots[index] = shot

@@ -62,11 +62,21 @@ class Path_:
     stop_reason: str
     key: tuple[str, ...] = ()  # the actions, the path's identity
     sample: int = 0  # which of a best_of_n's samples this is
+    screenshots: dict[int, bytes] = field(default_factory=dict)  # the page before step i
 
     @classmethod
     def from_episode(cls, ep: Episode, sample: int) -> Path_:
         key = tuple(s.action for s in ep.steps)
-        return cls(ep.steps, ep.total_reward, ep.success, ep.final_observation, ep.stop_reason, key, sample)
+        return cls(
+            ep.steps,
+            ep.total_reward,
+            ep.success,
+            ep.final_observation,
+            ep.stop_reason,
+            key,
+            sample,
+            ep.screenshots,
+        )
 
 
 @dataclass
@@ -130,6 +140,7 @@ class Visit:
     success: bool | None
     admissible: list[str]
     state: Any = None  # the environment's snapshot, in snapshot branching
+    screenshot: bytes | None = None
 
 
 class Navigator:
@@ -150,7 +161,15 @@ class Navigator:
 
     def root(self) -> tuple[Reset, Visit]:
         reset = self._reset()
-        visit = Visit(reset.observation, 0.0, False, None, self.env.admissible_actions(), self._snapshot())
+        visit = Visit(
+            reset.observation,
+            0.0,
+            False,
+            None,
+            self.env.admissible_actions(),
+            self._snapshot(),
+            reset.info.get("screenshot"),
+        )
         self.cache[()] = visit
         return reset, visit
 
@@ -163,7 +182,13 @@ class Navigator:
         self._at = path
         admissible = [] if outcome.done else self.env.admissible_actions()
         visit = Visit(
-            outcome.observation, outcome.reward, outcome.done, outcome.success, admissible, self._snapshot()
+            outcome.observation,
+            outcome.reward,
+            outcome.done,
+            outcome.success,
+            admissible,
+            self._snapshot(),
+            outcome.info.get("screenshot"),
         )
         self.cache[path] = visit
         return visit
@@ -444,7 +469,16 @@ class MCTS:
             found.sort(key=_path_rank)
         for p in found:
             self._attach_values(p)
+            p.screenshots = self._screenshots(p.key)
         return found
+
+    def _screenshots(self, key: tuple[str, ...]) -> dict[int, bytes]:
+        shots = {}
+        for i in range(len(key) + 1):
+            visit = self.nav.cache.get(key[:i])
+            if visit is not None and visit.screenshot:
+                shots[i] = visit.screenshot
+        return shots
 
     def _attach_values(self, path: Path_) -> None:
         """Per-step values for process reward data: the tree's Q where the step is in the tree,

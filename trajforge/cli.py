@@ -95,6 +95,12 @@ def run(
         summary = run_flow(cfg, dry_run=dry_run)
     except ValidationFailed as exc:
         raise fail(str(exc), code=1) from None
+    except Exception as exc:  # noqa: BLE001 - one line for the user; the run folder keeps the state
+        raise fail(
+            f"run {cfg.run_id} failed: {type(exc).__name__}: {exc}; nothing was committed; "
+            "run the same command again to resume (add -v for Prefect's logs)",
+            code=1,
+        ) from None
     _print_summary(cfg, summary)
 
 

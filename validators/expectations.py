@@ -95,6 +95,12 @@ def _suites(max_steps: int, pair_gap: float) -> dict[str, list]:
             gxe.ExpectColumnValuesToBeBetween(column="visits", min_value=0),
             gxe.ExpectColumnValuesToBeBetween(column="prior", min_value=0.0, max_value=1.0),
         ],
+        "artifacts": [
+            gxe.ExpectColumnValuesToNotBeNull(column="artifact_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="artifact_id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="trajectory_id"),
+            gxe.ExpectColumnValuesToMatchRegex(column="mime", regex=r"^[a-z]+/[a-z0-9.+-]+$"),
+        ],
     }
 
 
