@@ -1,0 +1,95 @@
+"""The built-in shop as an environment: a real Chromium (browser.py) on the shop's server,
+tasks from templates, success decided by checkers that read the server's state."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from trajforge.environments.base import ConfigError, Reset, TaskSpec
+from trajforge.environments.browser import BrowserEnvironment
+from trajforge.environments.webapp.server import ShopServer
+from trajforge.environments.webapp.tasks import TEMPLATES, ShopTask, make_task
+
+
+class WebAppEnvironment(BrowserEnvironment):
+    name = "webapp"
+    supports_snapshot = False
+
+    def __init__(
+        self,
+        templates: list[str] | None = None,
+        screenshots: bool = False,
+        action_timeout_s: float = 5.0,
+        navigation_timeout_s: float = 15.0,
+        step_timeout_s: float = 120.0,
+        headless: bool = True,
+        executable_path: str | None = None,
+    ) -> None:
+        super().__init__(
+            screenshots=screenshots,
+            action_timeout_s=action_timeout_s,
+            navigation_timeout_s=navigation_timeout_s,
+            step_timeout_s=step_timeout_s,
+            headless=headless,
+            executable_path=executable_path,
+        )
+        self._config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.templates = list(TEMPLATES if templates is None else templates)
+        unknown = [t for t in self.templates if t not in TEMPLATES]
+        if unknown or not self.templates:
+            raise ConfigError(f"templates: {unknown or '[]'} invalid; choose among {', '.join(TEMPLATES)}")
+        self._server: ShopServer | None = None
+        self._shop_task: ShopTask | None = None
+
+    def task_specs(self, n: int, seed: int) -> list[TaskSpec]:
+        rng = random.Random(seed)
+        return [
+            TaskSpec(self.templates[i % len(self.templates)], seed=rng.randrange(2**31)) for i in range(n)
+        ]
+
+    def reset(self, task: TaskSpec) -> Reset:
+        if task.env_task not in TEMPLATES:
+            raise ConfigError(
+                f"env_task: {task.env_task!r} is not a shop template; use one of {', '.join(TEMPLATES)}"
+            )
+        if self._server is None:
+            self._server = ShopServer()
+        return super().reset(task)
+
+    def close(self) -> None:
+        super().close()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    # ---- the adapter ----
+
+    def _allowed(self) -> list[str]:
+        assert self._server is not None
+        return [self._server.origin]
+
+    def _begin(self, page: Any, task: TaskSpec) -> str:
+        assert self._server is not None
+        shop = self._server.reset(task.seed)  # a fresh shop each episode: replays are exact
+        self._shop_task = make_task(task.env_task, shop, task.seed)
+        page.goto(self._server.origin + "/", wait_until="load")
+        return self._shop_task.instruction
+
+    def _judge(self, page: Any) -> tuple[float, bool, bool | None, dict[str, Any]]:
+        assert self._server is not None and self._shop_task is not None
+        with self._server.lock:
+            shop = self._server.shop
+            if self._shop_task.check(shop):
+                return 1.0, True, True, {"checker": "passed"}
+            if shop.orders:  # an order is final: a wrong one fails the task
+                return 0.0, True, False, {"checker": "wrong order placed"}
+        return 0.0, False, None, {}
+
+    def _type_values(self) -> list[str]:
+        return list(self._shop_task.fields.values()) if self._shop_task else []
+
+    def _display_url(self, url: str) -> str:
+        if self._server is not None and url.startswith(self._server.origin):
+            return url[len(self._server.origin) :]
+        return url
