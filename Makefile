@@ -10,16 +10,17 @@ OUT    ?= trajforge-data
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,web,models]'
 	@touch $@
 
-# Chromium from Debian's packages where it is missing (the web environments drive it).
-chromium:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+# Chromium (and its driver, for MiniWoB's own Selenium environment in bench/web.py) from
+# Debian's packages where they are missing; elsewhere Playwright's own download.
+chromium: $(STAMP)
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
 	 { if command -v apt-get >/dev/null 2>&1; then \
 	     SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	     $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
-	   else echo "chromium: no apt-get here; run '$(BIN)/playwright install chromium'"; fi; }
+	     $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	   else $(BIN)/playwright install chromium; fi; }
 
 run: $(STAMP) chromium
 	$(BIN)/trajforge run --out $(OUT)

@@ -20,6 +20,8 @@ GROUP = "trajforge.environments"
 BUILTIN = {
     "toy": "trajforge.environments.toy:ToyEnvironment",
     "textworld": "trajforge.environments.textworld:TextWorldEnvironment",
+    "miniwob": "trajforge.environments.miniwob:MiniWoBEnvironment",
+    "webapp": "trajforge.environments.webapp.environment:WebAppEnvironment",
 }
 
 

@@ -67,6 +67,7 @@ def stage_batch(config: RunConfig, specs: list[dict[str, Any]], run_dir: RunDir)
         pair_gap=config.mcts.pair_gap,
         keep_terminal_paths=config.mcts.keep_terminal_paths,
         max_trajectory_pairs=config.max_trajectory_pairs,
+        model_options=config.model_options(),
     )
     run_dir.set_status("staged")
 
@@ -109,6 +110,8 @@ def _count(tables: dict[str, pa.Table], counts: Counter) -> None:
         counts[f"failed:{fail['stage']}:{fail['reason']}"] += 1
     for t in trajectories:
         counts[f"stop:{t['stop_reason']}"] += 1
+        counts["model:calls"] += t["model_calls"] or 0
+        counts["model:cached_calls"] += t["cached_calls"] or 0
 
 
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)

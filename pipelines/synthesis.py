@@ -111,7 +111,27 @@ class Search(_EnvDoFn):
     def __init__(self, env_options: dict, run_id: str, settings: SearchSettings, options: dict) -> None:
         super().__init__(env_options, run_id)
         self.settings = settings
-        self.options = options  # concurrency, pair_gap, keep_terminal_paths
+        self.options = options  # concurrency, pair_gap, keep_terminal_paths, model (policy options)
+
+    def setup(self) -> None:
+        super().setup()
+        self._local = threading.local()
+        self._opened: list[Any] = []
+
+    def teardown(self) -> None:
+        for policy in self._opened:  # model policies hold connections (or a local model)
+            with contextlib.suppress(Exception):
+                getattr(policy, "close", lambda: None)()
+        super().teardown()
+
+    def policy(self, spec: str) -> Any:
+        """One policy per spec and thread: a model policy keeps its client (and its meter)."""
+        policies = self._local.__dict__.setdefault("policies", {})
+        if spec not in policies:
+            policies[spec] = make_policy(spec, **self.options.get("model", {}))
+            with self._lock:
+                self._opened.append(policies[spec])
+        return policies[spec]
 
     def process(self, batch: list[tuple[dict, str]]) -> Iterator[Any]:
         workers = max(1, min(self.options["concurrency"], len(batch)))
@@ -132,7 +152,7 @@ class Search(_EnvDoFn):
                 result = search(
                     env,
                     TaskSpec(task["env_task"], task["seed"], task["instruction"]),
-                    make_policy(policy_spec),
+                    self.policy(policy_spec),
                     self.settings,
                     seed,
                 )
@@ -215,6 +235,9 @@ class Search(_EnvDoFn):
             success=path.success,
             tokens_in=result.tokens_in // share,
             tokens_out=result.tokens_out // share,
+            cost_usd=result.cost_usd / share,
+            model_calls=result.model_calls // share,
+            cached_calls=result.cached_calls // share,
             env_steps=result.env_steps // share + (result.env_steps % share if rank == 0 else 0),
             wall_s=result.wall_s / share,
             final_observation=path.final_observation,
@@ -251,8 +274,14 @@ def build(
     pair_gap: float = 0.1,
     keep_terminal_paths: bool = False,
     max_trajectory_pairs: int = 4,
+    model_options: dict[str, Any] | None = None,
 ) -> None:
-    options = {"concurrency": concurrency, "pair_gap": pair_gap, "keep_terminal_paths": keep_terminal_paths}
+    options = {
+        "concurrency": concurrency,
+        "pair_gap": pair_gap,
+        "keep_terminal_paths": keep_terminal_paths,
+        "model": model_options or {},
+    }
     described = (
         p
         | "Specs" >> beam.Create(specs)

@@ -50,6 +50,8 @@ TRAJECTORIES = pa.schema(
         ("tokens_in", pa.int64()),
         ("tokens_out", pa.int64()),
         ("cost_usd", pa.float64()),
+        ("model_calls", pa.int64()),
+        ("cached_calls", pa.int64()),
         ("env_steps", pa.int64()),
         ("wall_s", pa.float64()),
         ("final_observation", pa.string()),

@@ -76,6 +76,8 @@ class Trajectory(Record):
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
+    model_calls: int = 0
+    cached_calls: int = 0  # answered from the request cache (e.g. on a resumed run): not paid again
     env_steps: int = 0
     wall_s: float = 0.0
     final_observation: str = ""

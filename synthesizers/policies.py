@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from trajforge.environments.base import ConfigError, Environment
 
@@ -74,22 +75,33 @@ class OraclePolicy:
 
 
 BUILTIN = {"random": RandomPolicy, "oracle": OraclePolicy}
-MODEL_PREFIXES = ("openai:", "hf:", "vllm:")
 
 
 def check_spec(spec: str) -> None:
-    if spec in BUILTIN:
+    """The spec's form only; a model server is reached when the run starts."""
+    kind, _, rest = spec.partition(":")
+    if spec in BUILTIN or (kind == "vllm" and rest):
         return
-    if spec.startswith(MODEL_PREFIXES):
-        raise ConfigError(
-            f"policies: {spec!r} needs the model layer, which this version does not ship yet; "
-            f"use one of {', '.join(BUILTIN)}"
-        )
+    if kind == "openai" and rest.startswith(("http://", "https://")):
+        return
+    if kind == "hf" and rest:
+        if not Path(rest).expanduser().is_dir():
+            raise ConfigError(
+                f"policies: {spec!r}: no model directory at {rest}; pass hf:PATH of a saved model"
+            )
+        return
     raise ConfigError(
-        f"policies: unknown policy {spec!r}; use random, oracle, openai:URL[#model], hf:PATH or vllm:MODEL"
+        f"policies: unknown policy {spec!r}; use random, oracle, openai:http://HOST:PORT/v1[#model], "
+        "hf:PATH or vllm:MODEL"
     )
 
 
-def make_policy(spec: str) -> Policy:
+def make_policy(spec: str, **model_options: Any) -> Policy:
+    """A policy for a SPEC; `model_options` (cache_dir, timeout_s, prices, temperature, ...)
+    configure model policies."""
     check_spec(spec)
-    return BUILTIN[spec]()
+    if spec in BUILTIN:
+        return BUILTIN[spec]()
+    from trajforge.synthesizers.llm_policy import make_llm_policy
+
+    return make_llm_policy(spec, **model_options)

@@ -123,6 +123,9 @@ class SearchResult:
     stop_reason: str = ""
     tokens_in: int = 0
     tokens_out: int = 0
+    cost_usd: float = 0.0
+    model_calls: int = 0
+    cached_calls: int = 0
     root: Node | None = None  # the search tree, for MCTS
 
 
@@ -246,9 +249,24 @@ def search_seed(task_id: str, policy: str, settings: SearchSettings) -> int:
 def search(
     env: Environment, task: TaskSpec, policy: Policy, settings: SearchSettings, seed: int
 ) -> SearchResult:
+    before = _usage(policy)
     if settings.method == "mcts":
-        return MCTS(env, task, policy, settings, seed).run()
-    return sample_rollouts(env, task, policy, settings, seed)
+        result = MCTS(env, task, policy, settings, seed).run()
+    else:
+        result = sample_rollouts(env, task, policy, settings, seed)
+    after = _usage(policy)
+    if after:  # a model policy: its client metered every call, priors and retries included
+        result.tokens_in = after["tokens_in"] - before["tokens_in"]
+        result.tokens_out = after["tokens_out"] - before["tokens_out"]
+        result.cost_usd = after["cost_usd"] - before["cost_usd"]
+        result.model_calls = after["calls"] - before["calls"]
+        result.cached_calls = after["cached_calls"] - before["cached_calls"]
+    return result
+
+
+def _usage(policy: Policy) -> dict[str, Any]:
+    client = getattr(policy, "client", None)
+    return client.stats() if client is not None and hasattr(client, "stats") else {}
 
 
 def sample_rollouts(
@@ -353,7 +371,8 @@ class MCTS:
         """Up to k distinct admissible actions, with the policy's priors (uniform if none)."""
         actions = sorted(set(node.admissible))
         priors_of = getattr(self.policy, "priors", None)
-        priors = priors_of(self._context(node)) if priors_of else {}
+        ctx = Context(self.env, self.instruction, node.observation, list(node.admissible))
+        priors = priors_of(ctx) if priors_of else {}
         if len(actions) > self.cfg.expand_k:
             if priors:
                 actions = sorted(actions, key=lambda a: -priors.get(a, 0.0))[: self.cfg.expand_k]

@@ -45,6 +45,17 @@ class MCTSConfig(BaseModel):
     keep_terminal_paths: bool = Field(False, description="store every distinct terminal path")
 
 
+class ModelConfig(BaseModel):
+    """How model policies (openai:, hf:, vllm:) call their model."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(128, ge=1, le=32_768, description="always bounded: decoding can loop")
+    timeout_s: float = Field(60.0, gt=0, description="per request")
+    price_in_per_m: float = Field(0.0, ge=0, description="USD per million prompt tokens")
+    price_out_per_m: float = Field(0.0, ge=0, description="USD per million completion tokens")
+
+
 class RunConfig(BaseModel):
     """Everything a run needs. Unknown fields are refused."""
 
@@ -66,6 +77,7 @@ class RunConfig(BaseModel):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     mcts: MCTSConfig = Field(default_factory=MCTSConfig)
     max_trajectory_pairs: int = Field(4, ge=0, description="success/failure pairs per task")
+    model: ModelConfig = Field(default_factory=ModelConfig)
     concurrency: int = Field(1, ge=1, le=1024, description="searches in flight per worker")
     pipeline_options: list[str] = Field(default_factory=lambda: ["--runner=FnApiRunner"])
     workers: int = Field(2, ge=1, le=256, description="processes for preparing environments")
@@ -101,6 +113,11 @@ class RunConfig(BaseModel):
         if self.search == "rollout":
             return 1
         return self.samples or max(1, self.budget.env_steps // self.max_steps)
+
+    def model_options(self) -> dict[str, Any]:
+        """Options of model policies; their request cache lives in the output folder, so a
+        rerun of the same run answers completed calls from it."""
+        return {**self.model.model_dump(), "cache_dir": str(self.out / "cache" / "requests")}
 
     def search_settings(self) -> Any:
         from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings

@@ -1,0 +1,374 @@
+"""`serve-model`: an OpenAI-compatible server for a local model directory.
+
+With vLLM and a GPU (engine 'auto' or 'vllm') it runs vLLM's own server. Otherwise it serves
+the model with transformers on CPU (`LocalBackend`) through FastAPI, speaking the subset of
+vLLM's protocol the project uses: POST /v1/chat/completions and /v1/completions (n, max_tokens,
+temperature, seed, stop, logprobs/top_logprobs, prompt_logprobs, echo, continue_final_message,
+`structured_outputs.choice`), GET /v1/models and GET /health.
+
+    serve_model("models/tiny", port=8000)                # blocks; Ctrl-C stops it
+    with start_server("models/tiny") as server:          # in the background, on a free port
+        OpenAIHTTPBackend(server.url, server.name)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trajforge.environments.base import ConfigError
+from trajforge.inference.client import ChatRequest, CompletionRequest, InferenceError, Response, TokenLogprob
+from trajforge.inference.local import LocalBackend
+
+ENGINES = ("auto", "vllm", "transformers")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerHandle:
+    """A running server; `stop()` (or leaving the `with` block) shuts it down."""
+
+    url: str  # http://host:port, without /v1
+    name: str
+    engine: str
+    _stop: Callable[[], None] = field(repr=False)
+
+    def stop(self) -> None:
+        self._stop()
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def resolve_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ConfigError(f"serve-model: engine {engine!r} is unknown; use one of {', '.join(ENGINES)}")
+    has_vllm = importlib.util.find_spec("vllm") is not None and _has_gpu()
+    if engine == "vllm" and not has_vllm:
+        raise ConfigError(
+            "serve-model: engine 'vllm' needs vLLM and a CUDA GPU, and this machine lacks one; "
+            "use --engine transformers (CPU) or auto"
+        )
+    if engine == "auto":
+        return "vllm" if has_vllm else "transformers"
+    return engine
+
+
+def serve_model(
+    model_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    name: str | None = None,
+    engine: str = "auto",
+) -> None:
+    """Serve until interrupted. The served model name defaults to the directory's name."""
+    path = _check_model_dir(model_path)
+    name = name or path.name
+    if resolve_engine(engine) == "vllm":
+        proc = _start_vllm(path, host, port, name)
+        try:
+            proc.wait()
+        finally:
+            _stop_process(proc)
+        return
+    sock = _bind(host, port)
+    log.info("serving %s at http://%s:%d/v1", name, host, sock.getsockname()[1])
+    _uvicorn(build_app(LocalBackend(path, name))).run(sockets=[sock])
+
+
+def start_server(
+    model_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    name: str | None = None,
+    engine: str = "auto",
+    ready_timeout_s: float = 600.0,
+) -> ServerHandle:
+    """Start a server in the background and return once it answers; port 0 picks a free one.
+    The CPU server runs on a thread of this process, vLLM in a subprocess of its own."""
+    path = _check_model_dir(model_path)
+    name = name or path.name
+    engine = resolve_engine(engine)
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    if engine == "vllm":
+        sock.close()  # vLLM binds itself; the port stays free for it in the meantime
+        proc = _start_vllm(path, host, port, name)
+        handle = ServerHandle(url, name, "vllm", lambda: _stop_process(proc))
+        try:
+            _wait_ready(url, ready_timeout_s, alive=lambda: proc.poll() is None)
+        except BaseException:
+            handle.stop()
+            raise
+        return handle
+    backend = LocalBackend(path, name)
+    backend.load()  # load before answering /health, so "ready" means ready
+    return _start_uvicorn_thread(build_app(backend), sock, url, name)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    # proto=IPPROTO_TCP: asyncio turns Nagle off only on sockets that say they are TCP; without it
+    # every keep-alive response waits ~40 ms for a delayed ACK.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _uvicorn(app: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+
+
+def _start_uvicorn_thread(app: Any, sock: socket.socket, url: str, name: str) -> ServerHandle:
+    server = _uvicorn(app)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"serve-{name}"
+    )
+    thread.start()
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+    try:
+        _wait_ready(url, 30.0, alive=thread.is_alive)
+    except BaseException:
+        stop()
+        raise
+    return ServerHandle(url, name, "transformers", stop)
+
+
+def _wait_ready(url: str, timeout_s: float, alive: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the model server for {url} exited before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"the model server at {url} was not ready after {timeout_s}s")
+
+
+def _check_model_dir(model_path: str | Path) -> Path:
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"serve-model: {str(model_path)!r} is not a model directory (no config.json); pass a "
+            "directory written by save_pretrained, or --tiny to build a tiny test model"
+        )
+    return path
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _start_vllm(path: Path, host: str, port: int, name: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path)]
+    cmd += ["--served-model-name", name, "--host", host, "--port", str(port)]
+    log.info("starting %s", " ".join(cmd))
+    return subprocess.Popen(cmd, start_new_session=True)
+
+
+def _stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# -- the HTTP app ---------------------------------------------------------------------------------
+def build_app(backend: LocalBackend) -> Any:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title=f"trajforge serve-model: {backend.name}")
+
+    def error(status: int, message: str, kind: str) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+    def handle(body: Any, chat: bool) -> JSONResponse:
+        if not isinstance(body, dict):
+            return error(400, "the request body must be a JSON object", "BadRequestError")
+        if body.get("model", backend.name) != backend.name:
+            return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        try:
+            request = parse_chat_request(body) if chat else parse_completion_request(body)
+        except (KeyError, TypeError, ValueError) as exc:
+            return error(400, f"invalid request: {exc}", "BadRequestError")
+        try:
+            response = backend.chat(request) if chat else backend.complete(request)  # type: ignore[arg-type]
+        except InferenceError as exc:
+            status = 400 if exc.reason in ("bad_request", "unsupported") else 500
+            return error(status, str(exc), "BadRequestError" if status == 400 else "InternalServerError")
+        return JSONResponse(response_body(response, chat=chat))
+
+    @app.get("/health")
+    def health() -> dict:
+        return {}
+
+    @app.get("/v1/models")
+    def models() -> dict:
+        card = {
+            "id": backend.name,
+            "object": "model",
+            "owned_by": "trajforge",
+            "root": str(backend.model_path),
+        }
+        return {"object": "list", "data": [{**card, "max_model_len": backend.max_model_len}]}
+
+    # Plain `def` handlers run on the server's thread pool; the backend serialises model calls.
+    @app.post("/v1/chat/completions")
+    def chat_completions(body: dict) -> Any:
+        return handle(body, chat=True)
+
+    @app.post("/v1/completions")
+    def completions(body: dict) -> Any:
+        return handle(body, chat=False)
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("serve-model: request failed")
+        return error(500, f"{type(exc).__name__}: {exc}", "InternalServerError")
+
+    return app
+
+
+# -- wire format: the server's side ---------------------------------------------------------------
+def _params(body: dict[str, Any], chat: bool) -> dict[str, Any]:
+    allowed = {"choice"}
+    structured = body.get("structured_outputs") or {}
+    if set(structured) - allowed - {"json"}:
+        raise ValueError(f"structured_outputs {sorted(set(structured) - allowed)} not supported; use choice")
+    stop = body.get("stop") or ()
+    if chat:
+        logprobs, top = bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
+    else:
+        raw = body.get("logprobs")
+        logprobs, top = raw is not None, int(raw or 0)
+    return {
+        "max_tokens": int(body.get("max_tokens") or body.get("max_completion_tokens") or 256),
+        "n": int(body.get("n") or 1),
+        "temperature": float(body.get("temperature", 1.0)),
+        "seed": None if body.get("seed") is None else int(body["seed"]),
+        "stop": (stop,) if isinstance(stop, str) else tuple(stop),
+        "logprobs": logprobs,
+        "top_logprobs": top,
+        "prompt_logprobs": None if body.get("prompt_logprobs") is None else int(body["prompt_logprobs"]),
+        "choice": structured.get("choice"),
+        "json_schema": structured.get("json"),
+        "model": body.get("model"),
+    }
+
+
+def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
+    messages = body["messages"]
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+        raise ValueError("messages must be a list of {role, content} objects")
+    return ChatRequest(
+        messages, continue_final=bool(body.get("continue_final_message")), **_params(body, True)
+    )
+
+
+def parse_completion_request(body: dict[str, Any]) -> CompletionRequest:
+    prompt = body["prompt"]
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise ValueError("prompt must be one string")
+    return CompletionRequest(prompt, echo=bool(body.get("echo")), **_params(body, False))
+
+
+def response_body(response: Response, *, chat: bool) -> dict[str, Any]:
+    choices = []
+    for c in response.choices:
+        item: dict[str, Any] = {"index": c.index, "finish_reason": c.finish_reason}
+        if chat:
+            item["message"] = {"role": "assistant", "content": c.text}
+            item["logprobs"] = (
+                None if c.logprobs is None else {"content": [_chat_token(t) for t in c.logprobs]}
+            )
+        else:
+            item["text"] = c.text
+            item["logprobs"] = None if c.logprobs is None else _completion_logprobs(c.logprobs)
+        choices.append(item)
+    usage = response.usage
+    return {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": response.model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        },
+        "prompt_logprobs": None
+        if response.prompt_logprobs is None
+        else [_prompt_token(t) for t in response.prompt_logprobs],
+    }
+
+
+def _chat_token(t: TokenLogprob) -> dict[str, Any]:
+    tops = [{"token": k, "logprob": v, "bytes": list(k.encode())} for k, v in t.top.items()]
+    return {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()), "top_logprobs": tops}
+
+
+def _completion_logprobs(tokens: list[TokenLogprob]) -> dict[str, Any]:
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t.token)
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) or None for t in tokens],
+        "text_offset": offsets,
+    }
+
+
+def _prompt_token(t: TokenLogprob | None) -> dict[str, Any] | None:
+    """vLLM keys these by token id; this server keys them by the token's text, the prompt's own
+    token first (clients read `decoded_token`)."""
+    if t is None:
+        return None
+    ranked = list(t.top)
+    own_rank = ranked.index(t.token) + 1 if t.token in ranked else len(ranked) + 1  # at least this
+    out = {t.token: {"logprob": t.logprob, "rank": own_rank, "decoded_token": t.token}}
+    for rank, (k, v) in enumerate(t.top.items(), 1):
+        out.setdefault(k, {"logprob": v, "rank": rank, "decoded_token": k})
+    return out

@@ -1,0 +1,285 @@
+"""A policy that asks a language model for the next action, ReAct style.
+
+Each step renders the instruction, the history and the current observation as chat messages
+(`schemas.conversation.messages`), lists the admissible actions in the last user turn and asks
+for "Thought: ...\nAction: ...". The action is always admissible:
+
+1. the free-text answer's action, when it names an admissible action (case and spacing aside);
+2. else a constrained request (`choice` = the admissible actions) going on from the thought,
+   where the backend supports it (vLLM, the CPU server);
+3. else the admissible action with the highest log-likelihood after the thought, scored from
+   prompt logprobs;
+4. else the admissible action closest in spelling to what the model wrote.
+
+`priors(ctx)` gives MCTS P(action) over the admissible actions: a softmax of their
+log-likelihoods. Every request is seeded from `start(seed)`, so episodes are reproducible and a
+resumed run finds its requests in the cache.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import random
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from trajforge.environments.base import ConfigError
+from trajforge.inference.client import (
+    CHOICE,
+    CONTINUE_FINAL,
+    PROMPT_LOGPROBS,
+    Backend,
+    ChatRequest,
+    Response,
+    Usage,
+)
+from trajforge.schemas.conversation import messages as conversation_messages
+from trajforge.synthesizers.policies import Context, Decision
+
+ACTIONS_PROMPT = (
+    "Admissible actions:\n{actions}\n\n"
+    "Answer in two lines:\nThought: <your reasoning>\nAction: <exactly one admissible action>"
+)
+_ACTION = re.compile(r"^\s*Action\s*:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
+_THOUGHT = re.compile(
+    r"Thought\s*:\s*(.*?)\s*(?=^\s*Action\s*:|\Z)", re.IGNORECASE | re.MULTILINE | re.DOTALL
+)
+
+
+def parse_react(text: str) -> tuple[str | None, str]:
+    """(thought, action) from "Thought: ...\nAction: ..."; a text with no 'Action:' line is
+    taken as the action itself."""
+    thought_match = _THOUGHT.search(text)
+    thought = thought_match.group(1).strip() if thought_match else None
+    action_match = _ACTION.search(text)
+    if action_match:
+        return thought or None, action_match.group(1).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return thought or None, lines[-1].strip() if lines else ""
+
+
+def match_admissible(action: str, admissible: list[str]) -> str | None:
+    def norm(s: str) -> str:
+        return " ".join(s.lower().strip(" .'\"`").split())
+
+    by_norm = {norm(a): a for a in admissible}
+    return action if action in admissible else by_norm.get(norm(action))
+
+
+class LLMPolicy:
+    """See the module docstring. `client` is any Backend, usually a ReliableClient."""
+
+    reads_env_state = False
+
+    def __init__(
+        self,
+        client: Backend,
+        model: str | None,
+        spec: str,
+        *,
+        temperature: float = 0.7,
+        max_tokens: int = 128,
+        max_history: int = 12,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.spec = spec
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.max_history = max_history  # steps of history shown: bounds the prompt's length
+        self._on_close = on_close
+        self._rng = random.Random(0)
+
+    def start(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def close(self) -> None:
+        self.client.close()
+        if self._on_close:
+            self._on_close()
+
+    # -- prompting --------------------------------------------------------------------------------
+    def messages(self, ctx: Context) -> list[dict[str, str]]:
+        history = list(ctx.history)[-self.max_history :] if self.max_history else []
+        current = {"index": len(ctx.history), "observation": ctx.observation}
+        steps = [*history, current]
+        offset = int(steps[0]["index"]) if steps else 0
+        # Reindex so the first shown step opens with the task, as in schemas.conversation.
+        steps = [{**s, "index": int(s["index"]) - offset} for s in steps]
+        env_name = getattr(ctx.env, "name", "environment")
+        out = conversation_messages(env_name, ctx.instruction, steps, upto=len(steps) - 1)
+        actions = "\n".join(f"- {a}" for a in ctx.admissible)
+        out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + ACTIONS_PROMPT.format(actions=actions)}
+        return out
+
+    def _request(self, messages: list[dict[str, str]], **params: Any) -> ChatRequest:
+        params.setdefault("temperature", self.temperature)
+        params.setdefault("max_tokens", self.max_tokens)
+        return ChatRequest(messages, model=self.model, seed=self._rng.randrange(2**31), **params)
+
+    # -- acting -----------------------------------------------------------------------------------
+    def act(self, ctx: Context) -> Decision:
+        if not ctx.admissible:
+            raise ValueError("no admissible action to choose from")
+        msgs = self.messages(ctx)
+        first = self.client.chat(self._request(msgs))
+        usage = first.usage
+        thought, said = parse_react(first.text)
+        action = match_admissible(said, ctx.admissible)
+        if action is None:
+            action, extra = self._admissible_action(msgs, thought, said, ctx.admissible)
+            usage += extra
+        return Decision(action, thought, usage.prompt_tokens, usage.completion_tokens)
+
+    def _admissible_action(
+        self, msgs: list[dict[str, str]], thought: str | None, said: str, admissible: list[str]
+    ) -> tuple[str, Usage]:
+        caps = self.client.capabilities
+        prefix = f"Thought: {thought}\nAction: " if thought else "Action: "
+        if CHOICE in caps:
+            longest = max(len(a) for a in admissible)
+            if CONTINUE_FINAL in caps:
+                req = self._request(
+                    [*msgs, {"role": "assistant", "content": prefix}],
+                    continue_final=True,
+                    choice=tuple(admissible),
+                    max_tokens=longest + 8,
+                )
+            else:
+                req = self._request(msgs, choice=tuple(admissible), max_tokens=longest + 8)
+            response = self.client.chat(req)
+            return response.text, response.usage
+        if {PROMPT_LOGPROBS, CONTINUE_FINAL} <= caps:
+            scores, usage = self.loglikelihoods(msgs, prefix, admissible)
+            return _sample(admissible, scores, self.temperature, self._rng), usage
+        closest = difflib.get_close_matches(said, admissible, n=1, cutoff=0.0)
+        return (closest[0] if closest else self._rng.choice(admissible)), Usage()
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def loglikelihoods(
+        self, msgs: list[dict[str, str]], prefix: str, candidates: list[str]
+    ) -> tuple[list[float], Usage]:
+        """log P(candidate | conversation, assistant prefix) for each candidate, up to a constant
+        shared by all, from the prompt logprobs of the conversation continued by prefix +
+        candidate. Tokens at the start that all candidates' prompts share are left out."""
+        requests = [
+            ChatRequest(
+                [*msgs, {"role": "assistant", "content": prefix + c}],
+                model=self.model,
+                continue_final=True,
+                max_tokens=1,
+                temperature=0.0,
+                prompt_logprobs=0,
+            )
+            for c in candidates
+        ]
+        with ThreadPoolExecutor(max_workers=min(8, len(requests))) as pool:
+            responses = list(pool.map(self.client.chat, requests))
+        usage = sum((r.usage for r in responses), Usage())
+        return _candidate_scores(responses), usage
+
+    def priors(self, ctx: Context) -> dict[str, float]:
+        """P(action) for MCTS: softmax of each admissible action's log-likelihood; {} (uniform)
+        when the backend cannot score."""
+        if not ctx.admissible or not {PROMPT_LOGPROBS, CONTINUE_FINAL} <= self.client.capabilities:
+            return {}
+        scores, _ = self.loglikelihoods(self.messages(ctx), "Action: ", list(ctx.admissible))
+        return dict(zip(ctx.admissible, _softmax(scores), strict=True))
+
+
+def _candidate_scores(responses: list[Response]) -> list[float]:
+    tokens = [[(t.token, t.logprob) for t in r.prompt_logprobs or [] if t is not None] for r in responses]
+    if any(not t for t in tokens):
+        raise ValueError("the backend returned no prompt logprobs to score candidates with")
+    shared = 0
+    while all(len(t) > shared for t in tokens) and len({t[shared][0] for t in tokens}) == 1:
+        shared += 1
+    return [sum(lp for _, lp in t[shared:]) for t in tokens]
+
+
+def _softmax(scores: list[float], temperature: float = 1.0) -> list[float]:
+    top = max(scores)
+    weights = [math.exp((s - top) / temperature) for s in scores]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def _sample(candidates: list[str], scores: list[float], temperature: float, rng: random.Random) -> str:
+    if temperature == 0:
+        return candidates[max(range(len(scores)), key=lambda i: scores[i])]
+    return rng.choices(candidates, weights=_softmax(scores, temperature))[0]
+
+
+# -- specs ----------------------------------------------------------------------------------------
+def make_llm_policy(
+    spec: str,
+    *,
+    cache_dir: str | Path | None = None,
+    timeout_s: float = 60.0,
+    price_in_per_m: float = 0.0,
+    price_out_per_m: float = 0.0,
+    **options: Any,
+) -> LLMPolicy:
+    """A policy for `openai:URL[#model]`, `hf:PATH` or `vllm:PATH`. Model calls go through a
+    ReliableClient (with an on-disk cache under `cache_dir` when given, a per-request timeout
+    and a price per million tokens). `options` go to LLMPolicy (temperature, max_tokens,
+    max_history)."""
+    from trajforge.inference.reliability import ReliableClient, UsageMeter
+
+    kind, _, rest = spec.partition(":")
+    on_close = None
+    if kind == "openai":
+        backend: Backend = _openai_backend(spec, rest)
+    elif kind == "hf":
+        backend = _hf_backend(spec, rest)
+    elif kind == "vllm":
+        backend, on_close = _vllm_backend(spec, rest)
+    else:
+        raise ConfigError(f"policy: {spec!r} is not a model spec; use openai:URL#model, hf:PATH or vllm:PATH")
+    client = ReliableClient(
+        backend, cache=cache_dir, timeout_s=timeout_s, meter=UsageMeter(price_in_per_m, price_out_per_m)
+    )
+    return LLMPolicy(client, backend.model, spec, on_close=on_close, **options)
+
+
+def _openai_backend(spec: str, rest: str) -> Backend:
+    from trajforge.inference.client import OpenAIHTTPBackend
+
+    url, _, model = rest.partition("#")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError(
+            f"policy: {spec!r} needs a server URL after 'openai:', e.g. "
+            "openai:http://127.0.0.1:8000/v1#my-model (start one with `trajforge serve-model PATH`)"
+        )
+    return OpenAIHTTPBackend(url, model or None)
+
+
+def _hf_backend(spec: str, rest: str) -> Backend:
+    from trajforge.inference.local import LocalBackend
+
+    if not rest or not (Path(rest) / "config.json").is_file():
+        raise ConfigError(
+            f"policy: {spec!r} needs a local model directory after 'hf:' (one with config.json, as "
+            "save_pretrained writes it), e.g. hf:./models/tiny; nothing is downloaded from a hub"
+        )
+    return LocalBackend(rest)
+
+
+def _vllm_backend(spec: str, rest: str) -> tuple[Backend, Callable[[], None]]:
+    from trajforge.inference.client import OpenAIHTTPBackend
+    from trajforge.inference.serve import start_server
+
+    if not rest or not (Path(rest) / "config.json").is_file():
+        raise ConfigError(
+            f"policy: {spec!r} needs a local model directory after 'vllm:', e.g. vllm:./models/qwen"
+        )
+    try:
+        server = start_server(rest, engine="vllm")
+    except ConfigError as exc:
+        raise ConfigError(f"policy: {spec!r}: {exc}; or use hf:{rest} on CPU") from exc
+    return OpenAIHTTPBackend(server.url, server.name), server.stop

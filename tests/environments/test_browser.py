@@ -1,0 +1,268 @@
+"""The sandboxed browser with a real Chromium: nothing leaves, crashes recover, bad actions don't crash."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from trajforge.environments.base import ConfigError, EnvironmentError_, TaskSpec
+from trajforge.environments.browser import Action, BrowserEnvironment, parse_action
+
+pytest.importorskip("playwright")
+if not os.access("/usr/bin/chromium", os.X_OK):
+    pytest.skip("needs Chromium at /usr/bin/chromium", allow_module_level=True)
+
+
+class _Server(ThreadingHTTPServer):
+    """A loopback server that serves `pages` and counts every connection it accepts."""
+
+    daemon_threads = True
+
+    def __init__(self, pages: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
+        self.pages = pages
+        self.connections = 0
+        self.paths: list[str] = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        self.connections += 1
+        super().process_request(request, client_address)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)
+        status, headers, body = self.server.pages.get(self.path.split("?")[0], (200, {}, b"ok"))
+        self.send_response(status)
+        for key, value in {"Content-Type": "text/html", **headers}.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def escape_page(b: str, port_b: int) -> bytes:
+    """Every way out towards server B that we could think of."""
+    return f"""<!doctype html><html><head><title>Escape</title>
+<link rel="stylesheet" href="{b}/css"><style>body {{ background: url({b}/bg) }}</style></head><body>
+<a href="{b}/navigate">navigate</a>
+<a href="/redirect">redirect</a>
+<a href="{b}/file.zip" download>download from B</a>
+<a href="/local.bin" download>download from A</a>
+<a href="file:///etc/passwd">file scheme</a>
+<a href="data:text/html,<img src={b}/data>">data scheme</a>
+<a href="#" onclick="window.open('{b}/popup'); return false">popup</a>
+<a href="javascript:fetch('{b}/javascript')">javascript scheme</a>
+<form action="{b}/form" method="post"><button>submit form</button></form>
+<img src="{b}/img"><script src="{b}/script"></script><iframe src="{b}/iframe"></iframe>
+<script>
+fetch("{b}/fetch").catch(() => {{}});
+const xhr = new XMLHttpRequest(); xhr.open("GET", "{b}/xhr"); xhr.send();
+try {{ new WebSocket("ws://127.0.0.1:{port_b}/ws"); }} catch (e) {{}}
+navigator.sendBeacon("{b}/beacon", "x");
+new EventSource("{b}/events");
+if (navigator.serviceWorker) navigator.serviceWorker.register("/sw.js");
+</script></body></html>""".encode()
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[_Server, _Server]]:
+    b = _Server({})
+    a = _Server(
+        {
+            "/redirect": (302, {"Location": f"{b.origin}/redirected"}, b""),
+            "/sw.js": (200, {"Content-Type": "text/javascript"}, f"fetch('{b.origin}/sw')".encode()),
+            "/local.bin": (200, {"Content-Type": "application/octet-stream"}, b"\0" * 64),
+            "/counter": (
+                200,
+                {},
+                b'<title>Counter</title><button onclick="n.textContent = +n.textContent + 1">add</button>'
+                b"<span id=n>0</span><button onclick='this.remove()'>vanish</button>",
+            ),
+        }
+    )
+    a.pages["/"] = (200, {}, escape_page(b.origin, b.server_address[1]))
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def chromium_pids() -> set[int]:
+    found = subprocess.run(["pgrep", "-f", "chromium"], capture_output=True, text=True).stdout
+    return {int(pid) for pid in found.split()}
+
+
+def ref(env: BrowserEnvironment, name: str) -> str:
+    return next(e.ref for e in env.elements if e.name == name)
+
+
+def test_nothing_reaches_a_second_server(servers):
+    a, b = servers
+    env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/"])
+    try:
+        env.reset(env.task_specs(1, seed=0)[0])
+        env.page.wait_for_timeout(300)  # let fetch, XHR, WebSocket, beacon and friends fire
+        assert env.blocked_requests > 5
+        links = ["navigate", "redirect", "download from B", "download from A", "file scheme", "data scheme"]
+        for name in [*links, "popup", "javascript scheme", "submit form"]:
+            before = env.blocked_requests
+            outcome = env.step(f"click {ref(env, name)}")
+            env.page.wait_for_timeout(150)
+            assert outcome.info["valid_action"], outcome.observation
+            assert env.blocked_requests > before, f"{name}: no blocked attempt counted"
+            assert outcome.info["blocked_requests"] >= before
+            if not outcome.info["url"].startswith(a.origin):
+                assert "outside the sandbox" in outcome.observation
+                env.step("go back")
+        assert len(env.page.context.pages) == 1  # the popup was closed
+    finally:
+        env.close()
+    assert b.connections == 0, b.paths
+    assert "/redirect" in a.paths and "/sw.js" not in a.paths  # the redirect was tried; no worker
+
+
+def test_a_killed_browser_is_replaced_and_the_episode_replayed_once(servers):
+    a, _ = servers
+    env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/counter"])
+    try:
+        env.reset(env.task_specs(1, seed=0)[0])
+        env.step(f"click {ref(env, 'add')}")
+        assert env.page.inner_text("#n") == "1"
+        first = env.chromium_pids()
+        env.kill_browser()
+        outcome = env.step(f"click {ref(env, 'add')}")  # replays the first click, then this one
+        assert outcome.info["valid_action"] and env.page.inner_text("#n") == "2"
+        assert not any(alive(pid) for pid in first)
+
+        env.kill_browser()
+        with pytest.raises(EnvironmentError_, match="died again"):
+            env.step(f"click {ref(env, 'add')}")
+
+        env.reset(TaskSpec(f"{a.origin}/counter", seed=0))  # a new episode starts a new browser
+        assert env.page.inner_text("#n") == "0"
+    finally:
+        pids = env.chromium_pids()
+        env.close()
+    assert pids and not any(alive(pid) for pid in pids)
+
+
+def test_a_browser_that_dies_during_reset_is_retried_then_given_up(servers, monkeypatch):
+    a, _ = servers
+    env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/counter"])
+    begin = BrowserEnvironment._begin
+    kills = iter([True, False, True, True])
+
+    def dying_begin(self, page, task):  # type: ignore[no-untyped-def]
+        if next(kills):
+            self.kill_browser()
+            page.wait_for_timeout(100)
+        return begin(self, page, task)
+
+    monkeypatch.setattr(BrowserEnvironment, "_begin", dying_begin)
+    task = TaskSpec(f"{a.origin}/counter", seed=0)
+    try:
+        assert "add" in env.reset(task).observation  # died once, retried in a fresh browser
+        with pytest.raises(EnvironmentError_, match="died twice"):
+            env.reset(task)
+    finally:
+        env.close()
+
+
+def test_bad_and_stale_actions_are_observations_not_crashes(servers):
+    a, _ = servers
+    env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/counter"])
+    try:
+        env.reset(TaskSpec(f"{a.origin}/counter", seed=0))
+        vanish = ref(env, "vanish")
+        assert env.step(f"click {vanish}").info["valid_action"]
+        for action, why in [
+            (f"click {vanish}", f"no element {vanish}"),  # stale: it removed itself
+            ("click e999", "no element e999"),
+            ("dance", "unknown action"),
+            (f'type {ref(env, "add")} "hi"', "not a text field"),
+            (f'select {ref(env, "add")} "x"', "not a select"),
+            ('type e1 "unterminated', "unknown action"),
+            ('press "NoSuchKey"', "press failed"),
+        ]:
+            outcome = env.step(action)
+            assert outcome.observation.startswith("Invalid action:") and why in outcome.observation, action
+            assert (outcome.reward, outcome.done, outcome.info["valid_action"]) == (0.0, False, False)
+        assert "Interactive elements:" in outcome.observation  # the page is still shown
+    finally:
+        env.close()
+
+
+def test_screenshots_travel_in_info_never_in_the_observation(servers):
+    a, _ = servers
+    env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/counter"], screenshots=True)
+    try:
+        reset = env.reset(TaskSpec(f"{a.origin}/counter", seed=0))
+        outcome = env.step(f"click {ref(env, 'add')}")
+        for info, observation in [(reset.info, reset.observation), (outcome.info, outcome.observation)]:
+            assert info["screenshot"].startswith(b"\x89PNG") and "PNG" not in observation
+    finally:
+        env.close()
+
+
+def test_close_leaves_no_chromium_behind(servers):
+    a, _ = servers
+    before = chromium_pids()
+    env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/counter"])
+    env.reset(TaskSpec(f"{a.origin}/counter", seed=0))
+    ours = set(env.chromium_pids())
+    assert ours and ours <= chromium_pids() - before
+    env.close()
+    assert not ours & {pid for pid in chromium_pids() if alive(pid)}
+    env.close()  # twice is fine
+
+
+def test_options_are_checked():
+    with pytest.raises(ConfigError, match="allowed_origins"):
+        BrowserEnvironment(allowed_origins=["127.0.0.1:80"])
+    with pytest.raises(ConfigError, match="outside allowed_origins"):
+        BrowserEnvironment(allowed_origins=["http://127.0.0.1:1"], start_urls=["http://127.0.0.1:2/"])
+    with pytest.raises(ConfigError, match="action_timeout_s"):
+        BrowserEnvironment(action_timeout_s=0)
+    with pytest.raises(ConfigError, match="executable_path"):
+        BrowserEnvironment(executable_path="/nonexistent/chromium")
+
+
+def test_actions_parse():
+    assert parse_action("click e3") == Action("click", "e3")
+    assert parse_action('type e12 "say \\"hi\\""') == Action("type", "e12", 'say "hi"')
+    assert parse_action('select e1 "Czech Republic"') == Action("select", "e1", "Czech Republic")
+    assert parse_action('press "Enter"') == Action("press", text="Enter")
+    assert parse_action("scroll up") == Action("scroll", text="up")
+    assert parse_action(" go back ") == Action("back")
+    for bad in ["click", 'click e3 "x"', "type e3", "type e3 x", "hover e1", "press Enter"]:
+        with pytest.raises(ValueError):
+            parse_action(bad)
