@@ -259,8 +259,8 @@ def search(
         result.tokens_in = after["tokens_in"] - before["tokens_in"]
         result.tokens_out = after["tokens_out"] - before["tokens_out"]
         result.cost_usd = after["cost_usd"] - before["cost_usd"]
-        result.model_calls = after["calls"] - before["calls"]
         result.cached_calls = after["cached_calls"] - before["cached_calls"]
+        result.model_calls = after["calls"] - before["calls"] + result.cached_calls
     return result
 
 

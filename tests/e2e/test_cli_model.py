@@ -1,0 +1,102 @@
+"""A model policy through the command line, against `trajforge serve-model` on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def model_url(tmp_path_factory):
+    port = free_port()
+    tiny = tmp_path_factory.mktemp("tiny") / "tiny"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trajforge.cli", "serve-model", "--tiny", str(tiny), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve-model did not come up"
+                time.sleep(0.5)
+        yield f"{url}/v1"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def sql_json(cli, out: Path, query: str) -> list[dict]:
+    result = cli("sql", "--out", str(out), "--format", "json", query)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def run_args(out: Path, model_url: str) -> list[str]:
+    return [
+        "run",
+        "--out",
+        str(out),
+        "--env",
+        "toy",
+        "--tasks",
+        "3",
+        "--max-steps",
+        "6",
+        "--policy",
+        f"openai:{model_url}#tiny",
+    ]
+
+
+def test_every_action_is_admissible_and_tokens_are_recorded(cli, model_url, tmp_path):
+    out = tmp_path / "data"
+    result = cli(*run_args(out, model_url))
+    assert result.returncode == 0, result.stderr
+    trajs = sql_json(cli, out, "SELECT tokens_in, tokens_out, model_calls, steps FROM trajectories")
+    assert len(trajs) == 3
+    assert all(t["tokens_in"] > 0 and t["tokens_out"] > 0 and t["model_calls"] > 0 for t in trajs)
+    # The toy environment answers an inadmissible action with this line: it never appears.
+    assert not any("not something you can do" in s["observation"] for t in trajs for s in t["steps"][1:])
+    run = sql_json(cli, out, "SELECT tokens_in, tokens_out FROM runs")[0]
+    assert run["tokens_in"] == sum(t["tokens_in"] for t in trajs)
+
+
+def test_a_rerun_of_an_unfinished_run_answers_from_the_request_cache(cli, model_url, tmp_path):
+    out = tmp_path / "data"
+    first = cli(*run_args(out, model_url), "--dry-run")
+    assert first.returncode == 0, first.stderr
+    [manifest] = (out / "runs").glob("*/manifest.json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "status": "running"}))  # as if killed
+    again = cli(*run_args(out, model_url))
+    assert again.returncode == 0, again.stderr
+    calls = sql_json(
+        cli, out, "SELECT sum(model_calls) AS calls, sum(cached_calls) AS cached FROM trajectories"
+    )[0]
+    assert calls["calls"] > 0 and calls["cached"] == calls["calls"]
+    counts = sql_json(cli, out, "SELECT counts FROM runs")[0]["counts"]
+    counts = dict(counts) if not isinstance(counts, list) else {k: v for k, v in counts}
+    assert counts["model:cached_calls"] == calls["cached"]
+
+
+def test_a_malformed_model_spec_is_one_line_and_exit_2(cli, tmp_path):
+    result = cli("run", "--out", str(tmp_path / "d"), "--policy", "openai:localhost:1234")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip().startswith("error: policies:") and len(result.stderr.strip().splitlines()) == 1
+    )
