@@ -49,13 +49,15 @@ class _EnvDoFn(beam.DoFn):
         self.run_id = run_id
 
     def setup(self) -> None:
-        self._free: dict[str, list[Environment]] = {}
+        self._free: dict[str, list[Environment]] = {}  # "name@thread" -> idle environments
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
     def env(self, name: str) -> Iterator[Environment]:
+        """An environment of this thread (browsers are bound to the thread that made them)."""
+        key = f"{name}@{threading.get_ident()}"
         with self._lock:
-            free = self._free.setdefault(name, [])
+            free = self._free.setdefault(key, [])
             env = free.pop() if free else None
         if env is None:
             env = registry.make(name, **self.env_options.get(name, {}))
@@ -67,7 +69,7 @@ class _EnvDoFn(beam.DoFn):
                 env.close()
             raise
         with self._lock:
-            self._free[name].append(env)
+            self._free[key].append(env)
 
     def teardown(self) -> None:
         for envs in self._free.values():
