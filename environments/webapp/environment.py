@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from trajforge.environments.base import ConfigError, Reset, TaskSpec
-from trajforge.environments.browser import BrowserEnvironment
+from trajforge.environments.base import ConfigError, Reset, StepOutcome, TaskSpec
+from trajforge.environments.browser import BrowserEnvironment, quote
 from trajforge.environments.webapp.server import ShopServer
 from trajforge.environments.webapp.tasks import TEMPLATES, ShopTask, make_task
 
@@ -41,6 +41,7 @@ class WebAppEnvironment(BrowserEnvironment):
             raise ConfigError(f"templates: {unknown or '[]'} invalid; choose among {', '.join(TEMPLATES)}")
         self._server: ShopServer | None = None
         self._shop_task: ShopTask | None = None
+        self._plan_pos: int | None = 0  # plan steps followed so far; None once the agent left the plan
 
     def task_specs(self, n: int, seed: int) -> list[TaskSpec]:
         rng = random.Random(seed)
@@ -56,6 +57,36 @@ class WebAppEnvironment(BrowserEnvironment):
         if self._server is None:
             self._server = ShopServer()
         return super().reset(task)
+
+    def step(self, action: str) -> StepOutcome:
+        expected = self._next_planned()
+        outcome = super().step(action)
+        self._plan_pos = self._plan_pos + 1 if expected == action and self._plan_pos is not None else None
+        return outcome
+
+    def walkthrough(self) -> list[str] | None:
+        """The next step of the template's known solution, resolved to an element of the page,
+        while the episode has followed it; None once it has not."""
+        action = self._next_planned()
+        return None if action is None else [action]
+
+    def _next_planned(self) -> str | None:
+        if self._shop_task is None or self._plan_pos is None or self._plan_pos >= len(self._shop_task.plan):
+            return None
+        verb, role, name, text = self._shop_task.plan[self._plan_pos]
+        # A select's accessible name runs on into its options ("Category All Bags ...").
+        ref = next(
+            (
+                el.ref
+                for el in self.elements
+                if el.role == role
+                and (el.name == name or (role == "select" and el.name.startswith(name + " ")))
+            ),
+            None,
+        )
+        if ref is None:
+            return None
+        return f"{verb} {ref} {quote(text)}" if verb in ("type", "select") else f"{verb} {ref}"
 
     def close(self) -> None:
         super().close()
@@ -73,6 +104,7 @@ class WebAppEnvironment(BrowserEnvironment):
         assert self._server is not None
         shop = self._server.reset(task.seed)  # a fresh shop each episode: replays are exact
         self._shop_task = make_task(task.env_task, shop, task.seed)
+        self._plan_pos = 0
         page.goto(self._server.origin + "/", wait_until="load")
         return self._shop_task.instruction
 

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from trajforge.environments.webapp.shop import Shop
 
 Check = Callable[[Shop], bool]
+# One step of a known solution: (verb, element role, element name, text), e.g.
+# ("type", "textbox", "Search", "kettle"); the environment resolves it to a ref on the page.
+PlanStep = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,23 @@ class ShopTask:
     instruction: str
     fields: dict[str, str]  # values the agent may type, as MiniWoB's utterance fields
     check: Check
+    plan: tuple[PlanStep, ...] = ()  # a solution from the home page: the oracle's walkthrough
+
+
+def _buy_plan(name: str, query: str = "", category: str = "", max_price: str = "") -> tuple[PlanStep, ...]:
+    steps: list[PlanStep] = []
+    if query:
+        steps.append(("type", "textbox", "Search", query))
+    if max_price:
+        steps.append(("type", "textbox", "Max price", max_price))
+    if category:
+        steps.append(("select", "select", "Category", category.title()))
+    steps += [
+        ("click", "button", "Search", ""),
+        ("click", "link", name, ""),
+        ("click", "button", "Add to cart", ""),
+    ]
+    return tuple(steps)
 
 
 def _in_stock(shop: Shop, rng: random.Random):
@@ -31,6 +51,7 @@ def add_to_cart(shop: Shop, rng: random.Random) -> ShopTask:
         f"Add the {p.color} {p.kind} to your cart.",
         {"query": p.kind},
         lambda s: s.cart.get(p.pid, 0) >= 1,
+        _buy_plan(p.name, query=p.kind),
     )
 
 
@@ -44,6 +65,7 @@ def cheapest_in_category(shop: Shop, rng: random.Random) -> ShopTask:
         f"Add the cheapest item in stock in {category} to your cart.",
         {"category": category},
         lambda s: s.cart.get(cheapest.pid, 0) >= 1,
+        _buy_plan(cheapest.name, category=category),
     )
 
 
@@ -56,6 +78,7 @@ def under_price(shop: Shop, rng: random.Random) -> ShopTask:
         f"Add a {p.kind} that costs at most ${limit} to your cart.",
         {"query": p.kind, "max_price": str(limit)},
         lambda s: any(s.cart.get(pid) for pid in ok),
+        _buy_plan(p.name, query=p.kind, max_price=str(limit)),
     )
 
 
@@ -75,6 +98,14 @@ def buy(shop: Shop, rng: random.Random) -> ShopTask:
         f"Buy the {p.color} {p.kind} and ship it to {name}, {email}, {address}.",
         {"query": p.kind, "name": name, "email": email, "address": address},
         check,
+        _buy_plan(p.name, query=p.kind)
+        + (
+            ("click", "link", "Proceed to checkout", ""),
+            ("type", "textbox", "Full name", name),
+            ("type", "textbox", "Email", email),
+            ("type", "textbox", "Shipping address", address),
+            ("click", "button", "Place order", ""),
+        ),
     )
 
 
@@ -85,6 +116,11 @@ def update_email(shop: Shop, rng: random.Random) -> ShopTask:
         f"Change the email address of your account to {email}.",
         {"email": email},
         lambda s: s.profile.get("email") == email,
+        (
+            ("click", "link", "Account", ""),
+            ("type", "textbox", "Email", email),
+            ("click", "button", "Save", ""),
+        ),
     )
 
 
