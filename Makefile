@@ -32,6 +32,7 @@ test: $(STAMP) chromium
 bench: $(STAMP)
 	$(BIN)/python bench/rollout.py --env textworld --tasks 20 --samples 4
 	$(BIN)/python bench/search.py --tasks 20
+	$(BIN)/python bench/web.py --seeds 2
 
 clean:
 	rm -rf $(VENV) $(OUT)
