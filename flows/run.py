@@ -24,6 +24,7 @@ from trajforge.schemas.records import RunRecord
 from trajforge.store.lake import Lake
 from trajforge.validators.dedup import dedupe
 from trajforge.validators.expectations import validate_batch
+from trajforge.validators.judge import agreement
 
 
 class ValidationFailed(RuntimeError):
@@ -68,6 +69,7 @@ def stage_batch(config: RunConfig, specs: list[dict[str, Any]], run_dir: RunDir)
         keep_terminal_paths=config.mcts.keep_terminal_paths,
         max_trajectory_pairs=config.max_trajectory_pairs,
         model_options=config.model_options(),
+        judge=config.judge,
     )
     run_dir.set_status("staged")
 
@@ -98,7 +100,7 @@ def validate(config: RunConfig, run_dir: RunDir) -> tuple[dict[str, pa.Table], C
     return tables, counts
 
 
-def _count(tables: dict[str, pa.Table], counts: Counter) -> None:
+def _count(config: RunConfig, tables: dict[str, pa.Table], counts: Counter) -> None:
     trajectories = tables["trajectories"].to_pylist()
     counts["tasks"] = tables["tasks"].num_rows
     counts["trajectories"] = len(trajectories)
@@ -106,6 +108,11 @@ def _count(tables: dict[str, pa.Table], counts: Counter) -> None:
     counts["nodes"] = tables["nodes"].num_rows
     for source in tables["pairs"].column("source").to_pylist():
         counts[f"pairs:{source}"] += 1
+    if config.judge:
+        counts.update(agreement(trajectories))
+        counts["judge:failed"] += sum(
+            1 for t in trajectories if (t["critique"] or "").startswith("judge failed")
+        )
     for fail in tables["failures"].to_pylist():
         counts[f"failed:{fail['stage']}:{fail['reason']}"] += 1
     for t in trajectories:
@@ -164,7 +171,7 @@ def run_flow(config: RunConfig, dry_run: bool = False) -> dict[str, Any]:
     else:
         logger.info("resuming run %s from its staged batch", config.run_id)
     tables, counts = validate(config, run_dir)
-    _count(tables, counts)
+    _count(config, tables, counts)
     record = _run_record(config, tables, counts, started)
     summary = {
         "run_id": config.run_id,

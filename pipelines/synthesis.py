@@ -26,6 +26,7 @@ from typing import Any
 logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
 
 import apache_beam as beam  # noqa: E402
+from apache_beam.ml.inference.base import ModelHandler, RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from trajforge.environments import registry  # noqa: E402
@@ -248,6 +249,41 @@ class Search(_EnvDoFn):
         )
 
 
+class JudgeHandler(ModelHandler):
+    """Beam RunInference handler for the model verifier over the OpenAI-compatible API (a vLLM
+    server on GPU hosts, `trajforge serve-model` on CPU): the stage is the same pipeline either
+    way. A failed judgement keeps the environment's verdict and says why in `critique`."""
+
+    def __init__(self, spec: str, options: dict[str, Any]) -> None:
+        self.spec, self.options = spec, options
+
+    def load_model(self) -> Any:
+        from trajforge.inference.specs import reliable_client
+        from trajforge.validators.judge import Judge
+
+        model_options = {
+            k: self.options[k]
+            for k in ("cache_dir", "timeout_s", "price_in_per_m", "price_out_per_m")
+            if k in self.options
+        }
+        client, _ = reliable_client(self.spec, **model_options)
+        return Judge(client, client.backend.model)
+
+    def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> list[dict]:
+        return [self._one(model, trajectory) for trajectory in batch]
+
+    @staticmethod
+    def _one(judge: Any, trajectory: dict) -> dict:
+        try:
+            return judge.verdict(trajectory)
+        except Exception as exc:  # noqa: BLE001 - one judgement fails, not the run
+            note = f"judge failed: {type(exc).__name__}: {exc}"[:500]
+            return {**trajectory, "critique": note}
+
+    def batch_elements_kwargs(self) -> dict[str, int]:
+        return {"max_batch_size": 16}
+
+
 def _pairs_of_task(item: tuple[str, Any], max_pairs: int) -> Iterator[dict]:
     _, trajectories = item
     for pair in trajectory_pairs(list(trajectories), max_pairs=max_pairs):
@@ -277,6 +313,7 @@ def build(
     keep_terminal_paths: bool = False,
     max_trajectory_pairs: int = 4,
     model_options: dict[str, Any] | None = None,
+    judge: str | None = None,
 ) -> None:
     options = {
         "concurrency": concurrency,
@@ -300,14 +337,17 @@ def build(
             FAILURES, NODES, PAIRS, ARTIFACTS, main="trajectories"
         )
     )
+    trajectories = searched.trajectories
+    if judge:
+        trajectories = trajectories | "Judge" >> RunInference(JudgeHandler(judge, model_options or {}))
     trajectory_level = (
-        searched.trajectories
+        trajectories
         | "By task" >> beam.Map(lambda t: (t["task_id"], t))
         | "Group by task" >> beam.GroupByKey()
         | "Mine pairs" >> beam.FlatMap(_pairs_of_task, max_trajectory_pairs)
     )
     _write(described.tasks, staging, "tasks")
-    _write(searched.trajectories, staging, "trajectories")
+    _write(trajectories, staging, "trajectories")
     _write(searched[NODES], staging, "nodes")
     _write(searched[ARTIFACTS], staging, "artifacts")
     _write((searched[PAIRS], trajectory_level) | "All pairs" >> beam.Flatten(), staging, "pairs")

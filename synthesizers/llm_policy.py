@@ -19,24 +19,22 @@ resumed run finds its requests in the cache.
 from __future__ import annotations
 
 import difflib
-import math
 import random
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from trajforge.environments.base import ConfigError
 from trajforge.inference.client import (
     CHOICE,
     CONTINUE_FINAL,
     PROMPT_LOGPROBS,
     Backend,
     ChatRequest,
-    Response,
     Usage,
 )
+from trajforge.inference.scoring import score_candidates, softmax
+from trajforge.inference.specs import reliable_client
 from trajforge.schemas.conversation import messages as conversation_messages
 from trajforge.synthesizers.policies import Context, Decision
 
@@ -164,24 +162,8 @@ class LLMPolicy:
     def loglikelihoods(
         self, msgs: list[dict[str, str]], prefix: str, candidates: list[str]
     ) -> tuple[list[float], Usage]:
-        """log P(candidate | conversation, assistant prefix) for each candidate, up to a constant
-        shared by all, from the prompt logprobs of the conversation continued by prefix +
-        candidate. Tokens at the start that all candidates' prompts share are left out."""
-        requests = [
-            ChatRequest(
-                [*msgs, {"role": "assistant", "content": prefix + c}],
-                model=self.model,
-                continue_final=True,
-                max_tokens=1,
-                temperature=0.0,
-                prompt_logprobs=0,
-            )
-            for c in candidates
-        ]
-        with ThreadPoolExecutor(max_workers=min(8, len(requests))) as pool:
-            responses = list(pool.map(self.client.chat, requests))
-        usage = sum((r.usage for r in responses), Usage())
-        return _candidate_scores(responses), usage
+        """log P(candidate | conversation, assistant prefix), up to a shared constant."""
+        return score_candidates(self.client, self.model, msgs, prefix, candidates)
 
     def priors(self, ctx: Context) -> dict[str, float]:
         """P(action) for MCTS: softmax of each admissible action's log-likelihood; {} (uniform)
@@ -189,30 +171,13 @@ class LLMPolicy:
         if not ctx.admissible or not {PROMPT_LOGPROBS, CONTINUE_FINAL} <= self.client.capabilities:
             return {}
         scores, _ = self.loglikelihoods(self.messages(ctx), "Action: ", list(ctx.admissible))
-        return dict(zip(ctx.admissible, _softmax(scores), strict=True))
-
-
-def _candidate_scores(responses: list[Response]) -> list[float]:
-    tokens = [[(t.token, t.logprob) for t in r.prompt_logprobs or [] if t is not None] for r in responses]
-    if any(not t for t in tokens):
-        raise ValueError("the backend returned no prompt logprobs to score candidates with")
-    shared = 0
-    while all(len(t) > shared for t in tokens) and len({t[shared][0] for t in tokens}) == 1:
-        shared += 1
-    return [sum(lp for _, lp in t[shared:]) for t in tokens]
-
-
-def _softmax(scores: list[float], temperature: float = 1.0) -> list[float]:
-    top = max(scores)
-    weights = [math.exp((s - top) / temperature) for s in scores]
-    total = sum(weights)
-    return [w / total for w in weights]
+        return dict(zip(ctx.admissible, softmax(scores), strict=True))
 
 
 def _sample(candidates: list[str], scores: list[float], temperature: float, rng: random.Random) -> str:
     if temperature == 0:
         return candidates[max(range(len(scores)), key=lambda i: scores[i])]
-    return rng.choices(candidates, weights=_softmax(scores, temperature))[0]
+    return rng.choices(candidates, weights=softmax(scores, temperature))[0]
 
 
 # -- specs ----------------------------------------------------------------------------------------
@@ -229,57 +194,5 @@ def make_llm_policy(
     ReliableClient (with an on-disk cache under `cache_dir` when given, a per-request timeout
     and a price per million tokens). `options` go to LLMPolicy (temperature, max_tokens,
     max_history)."""
-    from trajforge.inference.reliability import ReliableClient, UsageMeter
-
-    kind, _, rest = spec.partition(":")
-    on_close = None
-    if kind == "openai":
-        backend: Backend = _openai_backend(spec, rest)
-    elif kind == "hf":
-        backend = _hf_backend(spec, rest)
-    elif kind == "vllm":
-        backend, on_close = _vllm_backend(spec, rest)
-    else:
-        raise ConfigError(f"policy: {spec!r} is not a model spec; use openai:URL#model, hf:PATH or vllm:PATH")
-    client = ReliableClient(
-        backend, cache=cache_dir, timeout_s=timeout_s, meter=UsageMeter(price_in_per_m, price_out_per_m)
-    )
-    return LLMPolicy(client, backend.model, spec, on_close=on_close, **options)
-
-
-def _openai_backend(spec: str, rest: str) -> Backend:
-    from trajforge.inference.client import OpenAIHTTPBackend
-
-    url, _, model = rest.partition("#")
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise ConfigError(
-            f"policy: {spec!r} needs a server URL after 'openai:', e.g. "
-            "openai:http://127.0.0.1:8000/v1#my-model (start one with `trajforge serve-model PATH`)"
-        )
-    return OpenAIHTTPBackend(url, model or None)
-
-
-def _hf_backend(spec: str, rest: str) -> Backend:
-    from trajforge.inference.local import LocalBackend
-
-    if not rest or not (Path(rest) / "config.json").is_file():
-        raise ConfigError(
-            f"policy: {spec!r} needs a local model directory after 'hf:' (one with config.json, as "
-            "save_pretrained writes it), e.g. hf:./models/tiny; nothing is downloaded from a hub"
-        )
-    return LocalBackend(rest)
-
-
-def _vllm_backend(spec: str, rest: str) -> tuple[Backend, Callable[[], None]]:
-    from trajforge.inference.client import OpenAIHTTPBackend
-    from trajforge.inference.serve import start_server
-
-    if not rest or not (Path(rest) / "config.json").is_file():
-        raise ConfigError(
-            f"policy: {spec!r} needs a local model directory after 'vllm:', e.g. vllm:./models/qwen"
-        )
-    try:
-        server = start_server(rest, engine="vllm")
-    except ConfigError as exc:
-        raise ConfigError(f"policy: {spec!r}: {exc}; or use hf:{rest} on CPU") from exc
-    return OpenAIHTTPBackend(server.url, server.name), server.stop
+    client, on_close = reliable_client(spec, cache_dir, timeout_s, price_in_per_m, price_out_per_m)
+    return LLMPolicy(client, client.backend.model, spec, on_close=on_close, **options)

@@ -58,6 +58,9 @@ def run(
     seed: Annotated[int | None, typer.Option(help="seed of the task pool and rollouts")] = None,
     search: Annotated[Search | None, typer.Option(help="search method")] = None,
     policy: Annotated[list[str] | None, typer.Option("--policy", help="policy SPEC (repeatable)")] = None,
+    judge: Annotated[
+        str | None, typer.Option("--judge", help="model SPEC that verifies each trajectory")
+    ] = None,
     samples: Annotated[int | None, typer.Option(help="rollouts per task and policy (best_of_n)")] = None,
     max_steps: Annotated[int | None, typer.Option(help="steps per episode")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="stage and validate, do not commit")] = False,
@@ -82,6 +85,7 @@ def run(
             policies=policy or None,
             samples=samples,
             max_steps=max_steps,
+            judge=judge,
         )
         if ctx.args:
             cfg = cfg.model_copy(update={"pipeline_options": cfg.pipeline_options + list(ctx.args)})
@@ -110,6 +114,11 @@ def _check_runnable(cfg: Any) -> None:
 
     for spec in cfg.policies:
         check_spec(spec)
+    if cfg.judge:
+        try:
+            check_spec(cfg.judge)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("policies:", "judge:", 1)) from None
     if cfg.mcts.branching == "snapshot" and cfg.search == "mcts":
         from trajforge.environments import registry
 
@@ -144,6 +153,14 @@ def _print_summary(cfg: Any, summary: dict[str, Any]) -> None:
             f"{summary['wall_s']:.1f}",
         )
         console.print(table)
+        judged = {k: counts.get(f"judge:{k}", 0) for k in ("tp", "fp", "fn", "tn")}
+        if any(judged.values()):
+            tp, fp, fn, tn = judged.values()
+            precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+            console.print(
+                f"Judge against the environment: precision {precision:.2f}, recall {recall:.2f}, "
+                f"agreement {(tp + tn) / max(tp + fp + fn + tn, 1):.2f}"
+            )
         added = summary.get("added")
         if added is None:
             console.print(

@@ -100,3 +100,22 @@ def test_a_malformed_model_spec_is_one_line_and_exit_2(cli, tmp_path):
     assert (
         result.stderr.strip().startswith("error: policies:") and len(result.stderr.strip().splitlines()) == 1
     )
+
+
+def test_the_judge_stage_scores_every_trajectory_and_reports_agreement(cli, model_url, tmp_path):
+    out = tmp_path / "data"
+    result = cli(
+        "run", "--out", str(out), "--env", "toy", "--tasks", "3", "--judge", f"openai:{model_url}#tiny"
+    )
+    assert result.returncode == 0, result.stderr
+    trajs = sql_json(
+        cli, out, "SELECT success, verifier_score, verifier_verdict, tokens_in FROM trajectories"
+    )
+    assert len(trajs) == 6  # oracle and random on 3 tasks
+    assert all(0.0 <= t["verifier_score"] <= 1.0 and t["tokens_in"] > 0 for t in trajs)
+    assert all(t["verifier_verdict"] == ("pass" if t["verifier_score"] >= 0.5 else "fail") for t in trajs)
+    counts = sql_json(cli, out, "SELECT counts FROM runs")[0]["counts"]
+    counts = dict(counts) if not isinstance(counts, list) else {k: v for k, v in counts}
+    judged = sum(counts.get(f"judge:{k}", 0) for k in ("tp", "fp", "fn", "tn"))
+    assert judged == 6
+    assert counts.get("judge:tp", 0) + counts.get("judge:fn", 0) == sum(t["success"] for t in trajs)

@@ -1,0 +1,60 @@
+"""The model verifier (an outcome reward model): asks a judge model whether a trajectory
+achieved its instruction. P(success) comes from the likelihoods of the answers "yes" and "no"
+(no sampling), so the same trajectory always gets the same score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trajforge.inference.client import Backend
+from trajforge.inference.scoring import score_candidates, softmax
+
+SYSTEM = (
+    "You are a strict judge of AI agents. Read the task and the agent's transcript, then answer "
+    "with one word, yes or no: did the agent achieve the task?"
+)
+MAX_STEPS_SHOWN = 30  # bounds the prompt; the end of an episode decides its outcome
+
+
+def judge_messages(trajectory: dict[str, Any]) -> list[dict[str, str]]:
+    steps = list(trajectory["steps"])[-MAX_STEPS_SHOWN:]
+    lines = [f"Step {s['index']}: saw {s['observation'][:400]!r}, did {s['action']!r}" for s in steps]
+    final = (trajectory.get("final_observation") or "")[:800]
+    transcript = "\n".join(lines) or "(no steps)"
+    user = (
+        f"Task: {trajectory['instruction']}\n\nTranscript:\n{transcript}\n\nFinal observation: {final!r}\n\n"
+        "Did the agent achieve the task? Answer yes or no."
+    )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+class Judge:
+    """Scores trajectories with a model; `threshold` turns P(yes) into a verdict."""
+
+    def __init__(self, client: Backend, model: str | None, threshold: float = 0.5) -> None:
+        self.client, self.model, self.threshold = client, model, threshold
+
+    def verdict(self, trajectory: dict[str, Any]) -> dict[str, Any]:
+        """The trajectory with the judge's verifier_score/verdict and the tokens it cost."""
+        scores, usage = score_candidates(
+            self.client, self.model, judge_messages(trajectory), "", ["yes", "no"]
+        )
+        p_yes = softmax(scores)[0]
+        return {
+            **trajectory,
+            "verifier_score": round(p_yes, 9),
+            "verifier_verdict": "pass" if p_yes >= self.threshold else "fail",
+            "tokens_in": (trajectory.get("tokens_in") or 0) + usage.prompt_tokens,
+            "tokens_out": (trajectory.get("tokens_out") or 0) + usage.completion_tokens,
+        }
+
+
+def agreement(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Confusion counts of the judge against the environment's truth, where it knows it."""
+    out = {"judge:tp": 0, "judge:fp": 0, "judge:fn": 0, "judge:tn": 0}
+    for r in rows:
+        if r.get("success") is None or r.get("verifier_verdict") not in ("pass", "fail"):
+            continue
+        said, truth = r["verifier_verdict"] == "pass", bool(r["success"])
+        out["judge:" + ("tp" if said and truth else "fp" if said else "fn" if truth else "tn")] += 1
+    return out
