@@ -270,7 +270,9 @@ class JudgeHandler(ModelHandler):
         return Judge(client, client.backend.model)
 
     def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> list[dict]:
-        return [self._one(model, trajectory) for trajectory in batch]
+        # A batch's judgements are in flight together: a model server's latency overlaps.
+        with ThreadPoolExecutor(max(1, min(len(batch), 32)), thread_name_prefix="judge") as pool:
+            return list(pool.map(lambda t: self._one(model, t), batch))
 
     @staticmethod
     def _one(judge: Any, trajectory: dict) -> dict:
@@ -281,7 +283,7 @@ class JudgeHandler(ModelHandler):
             return {**trajectory, "critique": note}
 
     def batch_elements_kwargs(self) -> dict[str, int]:
-        return {"max_batch_size": 16}
+        return {"min_batch_size": 32, "max_batch_size": 32}
 
 
 def _pairs_of_task(item: tuple[str, Any], max_pairs: int) -> Iterator[dict]:
