@@ -70,6 +70,7 @@ def stage_batch(config: RunConfig, specs: list[dict[str, Any]], run_dir: RunDir)
         max_trajectory_pairs=config.max_trajectory_pairs,
         model_options=config.model_options(),
         judge=config.judge,
+        critique=config.critique,
     )
     run_dir.set_status("staged")
 

@@ -14,6 +14,7 @@ from different searches are in flight together. Beam's own workers multiply this
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import traceback
@@ -254,8 +255,8 @@ class JudgeHandler(ModelHandler):
     server on GPU hosts, `trajforge serve-model` on CPU): the stage is the same pipeline either
     way. A failed judgement keeps the environment's verdict and says why in `critique`."""
 
-    def __init__(self, spec: str, options: dict[str, Any]) -> None:
-        self.spec, self.options = spec, options
+    def __init__(self, spec: str, options: dict[str, Any], critique: bool = False) -> None:
+        self.spec, self.options, self.critique = spec, options, critique
 
     def load_model(self) -> Any:
         from trajforge.inference.specs import reliable_client
@@ -274,10 +275,18 @@ class JudgeHandler(ModelHandler):
         with ThreadPoolExecutor(max(1, min(len(batch), 32)), thread_name_prefix="judge") as pool:
             return list(pool.map(lambda t: self._one(model, t), batch))
 
-    @staticmethod
-    def _one(judge: Any, trajectory: dict) -> dict:
+    def _one(self, judge: Any, trajectory: dict) -> dict:
+        from trajforge.validators.judge import critique
+
         try:
-            return judge.verdict(trajectory)
+            judged = judge.verdict(trajectory)
+            if self.critique and not judged["success"]:
+                found = critique(judge, judged)
+                if found is not None:
+                    judged["tokens_in"] += found.pop("tokens_in")
+                    judged["tokens_out"] += found.pop("tokens_out")
+                    judged["critique"] = json.dumps(found)
+            return judged
         except Exception as exc:  # noqa: BLE001 - one judgement fails, not the run
             note = f"judge failed: {type(exc).__name__}: {exc}"[:500]
             return {**trajectory, "critique": note}
@@ -316,6 +325,7 @@ def build(
     max_trajectory_pairs: int = 4,
     model_options: dict[str, Any] | None = None,
     judge: str | None = None,
+    critique: bool = False,
 ) -> None:
     options = {
         "concurrency": concurrency,
@@ -341,7 +351,8 @@ def build(
     )
     trajectories = searched.trajectories
     if judge:
-        trajectories = trajectories | "Judge" >> RunInference(JudgeHandler(judge, model_options or {}))
+        handler = JudgeHandler(judge, model_options or {}, critique=critique)
+        trajectories = trajectories | "Judge" >> RunInference(handler)
     trajectory_level = (
         trajectories
         | "By task" >> beam.Map(lambda t: (t["task_id"], t))

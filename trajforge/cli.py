@@ -114,6 +114,8 @@ def _check_runnable(cfg: Any) -> None:
 
     for spec in cfg.policies:
         check_spec(spec)
+    if cfg.critique and not cfg.judge:
+        raise ConfigError("critique: needs a judge model; set 'judge' (or --judge SPEC) too")
     if cfg.judge:
         try:
             check_spec(cfg.judge)

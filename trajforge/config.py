@@ -79,6 +79,7 @@ class RunConfig(BaseModel):
     max_trajectory_pairs: int = Field(4, ge=0, description="success/failure pairs per task")
     model: ModelConfig = Field(default_factory=ModelConfig)
     judge: str | None = Field(None, description="model SPEC of the verifier stage; none: the env's truth")
+    critique: bool = Field(False, description="the judge also names the first wrong step of each failure")
     concurrency: int = Field(1, ge=1, le=1024, description="searches in flight per worker")
     pipeline_options: list[str] = Field(default_factory=lambda: ["--runner=FnApiRunner"])
     workers: int = Field(2, ge=1, le=256, description="processes for preparing environments")

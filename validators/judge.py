@@ -49,6 +49,41 @@ class Judge:
         }
 
 
+CRITIC_SYSTEM = (
+    "You review a failed attempt of an AI agent. Read the task and the numbered steps, then answer "
+    "with the number of the first step that went wrong."
+)
+
+
+def critique_messages(trajectory: dict[str, Any]) -> list[dict[str, str]]:
+    steps = list(trajectory["steps"])[:MAX_STEPS_SHOWN]
+    lines = "\n".join(f"{s['index']}. saw {s['observation'][:300]!r}, did {s['action']!r}" for s in steps)
+    user = (
+        f"Task: {trajectory['instruction']}\n\nSteps:\n{lines}\n\nThe first step that went wrong is number:"
+    )
+    return [{"role": "system", "content": CRITIC_SYSTEM}, {"role": "user", "content": user}]
+
+
+def critique(judge: Judge, trajectory: dict[str, Any]) -> dict[str, Any] | None:
+    """Which step first went wrong (as Agent-R revises from it), with the critic's confidence;
+    None for an empty trajectory."""
+    steps = list(trajectory["steps"])[:MAX_STEPS_SHOWN]
+    if not steps:
+        return None
+    candidates = [str(s["index"]) for s in steps]
+    scores, usage = score_candidates(judge.client, judge.model, critique_messages(trajectory), "", candidates)
+    probs = softmax(scores)
+    best = max(range(len(steps)), key=lambda i: (probs[i], -i))
+    return {
+        "first_error_step": int(candidates[best]),
+        "action": steps[best]["action"],
+        "confidence": round(probs[best], 6),
+        "step_scores": {c: round(p, 6) for c, p in zip(candidates, probs, strict=True)},
+        "tokens_in": usage.prompt_tokens,
+        "tokens_out": usage.completion_tokens,
+    }
+
+
 def agreement(rows: list[dict[str, Any]]) -> dict[str, int]:
     """Confusion counts of the judge against the environment's truth, where it knows it."""
     out = {"judge:tp": 0, "judge:fp": 0, "judge:fn": 0, "judge:tn": 0}

@@ -102,18 +102,36 @@ def test_a_malformed_model_spec_is_one_line_and_exit_2(cli, tmp_path):
     )
 
 
-def test_the_judge_stage_scores_every_trajectory_and_reports_agreement(cli, model_url, tmp_path):
+def test_the_judge_stage_scores_every_trajectory_and_critiques_failures(cli, model_url, tmp_path):
     out = tmp_path / "data"
-    result = cli(
-        "run", "--out", str(out), "--env", "toy", "--tasks", "3", "--judge", f"openai:{model_url}#tiny"
+    config = tmp_path / "judge.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "envs": ["toy"],
+                "tasks": 3,
+                "max_steps": 6,
+                "judge": f"openai:{model_url}#tiny",
+                "critique": True,
+            }
+        )
     )
+    result = cli("run", "--config", str(config), "--out", str(out))
     assert result.returncode == 0, result.stderr
     trajs = sql_json(
-        cli, out, "SELECT success, verifier_score, verifier_verdict, tokens_in FROM trajectories"
+        cli,
+        out,
+        "SELECT success, verifier_score, verifier_verdict, tokens_in, critique, num_steps FROM trajectories",
     )
     assert len(trajs) == 6  # oracle and random on 3 tasks
     assert all(0.0 <= t["verifier_score"] <= 1.0 and t["tokens_in"] > 0 for t in trajs)
     assert all(t["verifier_verdict"] == ("pass" if t["verifier_score"] >= 0.5 else "fail") for t in trajs)
+    failures = [t for t in trajs if not t["success"]]
+    assert failures, "the random policy with 6 steps fails some tasks"
+    for t in failures:
+        found = json.loads(t["critique"])
+        assert 0 <= found["first_error_step"] < t["num_steps"] and 0 < found["confidence"] <= 1
+    assert all(t["critique"] is None for t in trajs if t["success"])
     counts = sql_json(cli, out, "SELECT counts FROM runs")[0]["counts"]
     counts = dict(counts) if not isinstance(counts, list) else {k: v for k, v in counts}
     judged = sum(counts.get(f"judge:{k}", 0) for k in ("tp", "fp", "fn", "tn"))
