@@ -137,3 +137,116 @@ def test_the_judge_stage_scores_every_trajectory_and_critiques_failures(cli, mod
     judged = sum(counts.get(f"judge:{k}", 0) for k in ("tp", "fp", "fn", "tn"))
     assert judged == 6
     assert counts.get("judge:tp", 0) + counts.get("judge:fn", 0) == sum(t["success"] for t in trajs)
+
+
+class FaultyProxy:
+    """Stands in front of the model server: 30% 503 (half with Retry-After), 10% hangs, 10%
+    malformed JSON; the rest are forwarded. Loopback only; stops with the test."""
+
+    def __init__(self, upstream: str, seed: int = 7) -> None:
+        import random
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        rng, lock, proxy = random.Random(seed), threading.Lock(), self
+        self.kinds: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._forward(None)
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    roll = rng.random()
+                kind = (
+                    "503_retry_after"
+                    if roll < 0.15
+                    else "503"
+                    if roll < 0.30
+                    else "hang"
+                    if roll < 0.40
+                    else "malformed"
+                    if roll < 0.50
+                    else "ok"
+                )
+                proxy.kinds.append(kind)
+                if kind.startswith("503"):
+                    extra = {"Retry-After": "1"} if kind == "503_retry_after" else {}
+                    return self._send(503, b'{"error": {"message": "overloaded"}}', extra)
+                if kind == "hang":
+                    time.sleep(30)  # longer than the client's timeout
+                    return None
+                if kind == "malformed":
+                    return self._send(200, b'{"choices": [{"mess')
+                self._forward(body)
+
+            def _forward(self, body: bytes | None) -> None:
+                request = urllib.request.Request(
+                    upstream + self.path,
+                    data=body,
+                    method=self.command,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=60) as resp:
+                    self._send(resp.status, resp.read())
+
+            def _send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
+                try:
+                    self.send_response(status)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    pass  # the client gave up on a hung request
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 128
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_run_completes_against_a_faulty_model_server(cli, model_url, tmp_path):
+    proxy = FaultyProxy(model_url.removesuffix("/v1"))
+    try:
+        config = tmp_path / "faulty.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "envs": ["toy"],
+                    "tasks": 6,
+                    "max_steps": 4,
+                    "policies": [f"openai:{proxy.url}/v1#tiny"],
+                    "model": {"timeout_s": 2.0},
+                }
+            )
+        )
+        out = tmp_path / "data"
+        started = time.monotonic()
+        result = cli("run", "--config", str(config), "--out", str(out), timeout=600)
+        wall = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr
+    assert {"503", "503_retry_after", "hang", "malformed", "ok"} <= set(proxy.kinds)
+    trajs = sql_json(cli, out, "SELECT trajectory_id FROM trajectories")
+    failures = sql_json(cli, out, "SELECT item_id, reason, detail FROM failures")
+    assert len(trajs) + len(failures) == 6  # every (task, policy) is either data or a recorded failure
+    assert len({t["trajectory_id"] for t in trajs}) == len(trajs)
+    assert all(f["reason"] and f["detail"] for f in failures)
+    hangs = proxy.kinds.count("hang")
+    assert wall < 60 + hangs * 2.0 * 1.5  # bounded by the configured timeouts, not by the hangs
