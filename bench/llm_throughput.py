@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import apache_beam as beam
@@ -31,49 +36,79 @@ from trajforge.synthesizers.llm_policy import make_llm_policy
 from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings, search
 
 
-class FakeGPUServer:
-    """Answers after `latency` seconds, `capacity` at a time; counts requests."""
+def fake_app(latency: float, capacity: int) -> FastAPI:
+    """Answers after `latency` seconds, `capacity` at a time; counts requests at GET /stats."""
+    app, state = FastAPI(), {"requests": 0}
+    slots = asyncio.Semaphore(capacity)
 
-    def __init__(self, latency: float, capacity: int) -> None:
-        self.latency, self.capacity, self.requests = latency, capacity, 0
-        app = FastAPI()
-        app.post("/v1/chat/completions")(self.chat)
-        app.get("/v1/models")(lambda: {"object": "list", "data": [{"id": "fake", "object": "model"}]})
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                app, host="127.0.0.1", port=0, log_level="error", limit_concurrency=10_000, backlog=2048
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    async def chat(self, request: Request) -> dict:
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict:
         body = await request.json()
-        async with self._slots:
-            self.requests += 1
-            await asyncio.sleep(self.latency)
-        last = body["messages"][-1]["content"]
-        words = last.split() or [""]
+        async with slots:
+            state["requests"] += 1
+            await asyncio.sleep(latency)
+        words = body["messages"][-1]["content"].split() or [""]
         # Prompt logprobs: a made-up but deterministic likelihood of each word of the last turn.
         prompt = [None] + [TokenLogprob(w, -0.1 * len(w)) for w in words]
         choices = (body.get("structured_outputs") or {}).get("choice") or ["Action: go east"]
-        response = Response([Choice(choices[0], "stop")], Usage(len(words), 3), "fake", prompt)
-        return response_body(response, chat=True)
+        return response_body(
+            Response([Choice(choices[0], "stop")], Usage(len(words), 3), "fake", prompt), chat=True
+        )
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+
+    @app.get("/stats")
+    async def stats() -> dict:
+        return state
+
+    return app
+
+
+class FakeGPUServer:
+    """The fake in its own process, as a GPU server is on its own machine."""
+
+    def __init__(self, latency: float, capacity: int) -> None:
+        self.latency, self.capacity = latency, capacity
 
     def __enter__(self) -> FakeGPUServer:
-        self._slots = asyncio.Semaphore(self.capacity)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-        return self
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve",
+                str(self.port),
+                "--latency",
+                str(self.latency),
+                "--capacity",
+                str(self.capacity),
+            ],
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/models", timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError("the fake server did not start")
 
     @property
     def url(self) -> str:
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1"
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def requests(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=5) as resp:
+            return json.loads(resp.read())["requests"]
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def verifier_stage(url: str, n: int, cache: Path) -> int:
@@ -124,7 +159,18 @@ def main() -> None:
     ap.add_argument("--trajectories", type=int, default=1024)
     ap.add_argument("--searches", type=int, default=64)
     ap.add_argument("--simulations", type=int, default=10)
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # run the fake server on this port
     args = ap.parse_args()
+    if args.serve:
+        uvicorn.run(
+            fake_app(args.latency, args.capacity),
+            host="127.0.0.1",
+            port=args.serve,
+            log_level="error",
+            backlog=2048,
+            limit_concurrency=10_000,
+        )
+        return
     cache = Path(tempfile.mkdtemp(prefix="trajforge-bench-"))
     print(f"\nmodel throughput: latency {args.latency}s, capacity {args.capacity} concurrent requests")
     print(f"{'stage':<30}{'requests':>9}{'ideal s':>9}{'achieved s':>11}{'ratio':>7}")
