@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trajforge.environments.base import ConfigError, Reset, TaskSpec
-from trajforge.environments.browser import BrowserEnvironment, _positive
+from trajforge.environments.browser import LocalSiteEnvironment, _positive
 
 DEFAULT_TASKS = [
     "click-button",
@@ -116,7 +116,7 @@ def _fields(task: str, utterance: Any) -> tuple[str, list[str]]:
     return text, values
 
 
-class MiniWoBEnvironment(BrowserEnvironment):
+class MiniWoBEnvironment(LocalSiteEnvironment):
     name = "miniwob"
     supports_snapshot = False
 
@@ -159,7 +159,6 @@ class MiniWoBEnvironment(BrowserEnvironment):
             )
         self.episode_max_time = float(episode_max_time)
         self.data_mode = data_mode
-        self._server: _Server | None = None
         self._values: list[str] = []
 
     def task_specs(self, n: int, seed: int) -> list[TaskSpec]:
@@ -171,25 +170,16 @@ class MiniWoBEnvironment(BrowserEnvironment):
     def reset(self, task: TaskSpec) -> Reset:
         if task.env_task not in self._known:
             raise ConfigError(f"env_task: {task.env_task!r} is not a MiniWoB++ task, e.g. 'click-button'")
-        if self._server is None:
-            self._server = _Server(html_root())
         return super().reset(task)
 
-    def close(self) -> None:
-        super().close()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+    def _serve(self) -> _Server:
+        return _Server(html_root())
 
     # ---- the adapter ----
 
-    def _allowed(self) -> list[str]:
-        assert self._server is not None
-        return [self._server.origin]
-
     def _begin(self, page: Any, task: TaskSpec) -> str:
-        assert self._server is not None
-        page.goto(f"{self._server.origin}/miniwob/{task.env_task}.html", wait_until="load")
+        assert self._site is not None
+        page.goto(f"{self._site.origin}/miniwob/{task.env_task}.html", wait_until="load")
         args = {"seed": task.seed, "mode": self.data_mode, "maxTimeMs": int(self.episode_max_time * 1000)}
         if page.evaluate(_START_JS, args) is not True:
             page.wait_for_function("() => WOB_TASK_READY === true")
@@ -205,9 +195,3 @@ class MiniWoBEnvironment(BrowserEnvironment):
 
     def _type_values(self) -> list[str]:
         return self._values
-
-    def _display_url(self, url: str) -> str:
-        # The port changes from run to run; the data should not.
-        if self._server is not None and url.startswith(self._server.origin):
-            return url[len(self._server.origin) :]
-        return url

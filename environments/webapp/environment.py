@@ -7,12 +7,12 @@ import random
 from typing import Any
 
 from trajforge.environments.base import ConfigError, Reset, StepOutcome, TaskSpec
-from trajforge.environments.browser import BrowserEnvironment, quote
+from trajforge.environments.browser import LocalSiteEnvironment, quote
 from trajforge.environments.webapp.server import ShopServer
 from trajforge.environments.webapp.tasks import TEMPLATES, ShopTask, make_task
 
 
-class WebAppEnvironment(BrowserEnvironment):
+class WebAppEnvironment(LocalSiteEnvironment):
     name = "webapp"
     supports_snapshot = False
 
@@ -39,7 +39,6 @@ class WebAppEnvironment(BrowserEnvironment):
         unknown = [t for t in self.templates if t not in TEMPLATES]
         if unknown or not self.templates:
             raise ConfigError(f"templates: {unknown or '[]'} invalid; choose among {', '.join(TEMPLATES)}")
-        self._server: ShopServer | None = None
         self._shop_task: ShopTask | None = None
         self._plan_pos: int | None = 0  # plan steps followed so far; None once the agent left the plan
 
@@ -54,9 +53,10 @@ class WebAppEnvironment(BrowserEnvironment):
             raise ConfigError(
                 f"env_task: {task.env_task!r} is not a shop template; use one of {', '.join(TEMPLATES)}"
             )
-        if self._server is None:
-            self._server = ShopServer()
         return super().reset(task)
+
+    def _serve(self) -> ShopServer:
+        return ShopServer()
 
     def step(self, action: str) -> StepOutcome:
         expected = self._next_planned()
@@ -88,30 +88,20 @@ class WebAppEnvironment(BrowserEnvironment):
             return None
         return f"{verb} {ref} {quote(text)}" if verb in ("type", "select") else f"{verb} {ref}"
 
-    def close(self) -> None:
-        super().close()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-
     # ---- the adapter ----
 
-    def _allowed(self) -> list[str]:
-        assert self._server is not None
-        return [self._server.origin]
-
     def _begin(self, page: Any, task: TaskSpec) -> str:
-        assert self._server is not None
-        shop = self._server.reset(task.seed)  # a fresh shop each episode: replays are exact
+        assert self._site is not None
+        shop = self._site.reset(task.seed)  # a fresh shop each episode: replays are exact
         self._shop_task = make_task(task.env_task, shop, task.seed)
         self._plan_pos = 0
-        page.goto(self._server.origin + "/", wait_until="load")
+        page.goto(self._site.origin + "/", wait_until="load")
         return self._shop_task.instruction
 
     def _judge(self, page: Any) -> tuple[float, bool, bool | None, dict[str, Any]]:
-        assert self._server is not None and self._shop_task is not None
-        with self._server.lock:
-            shop = self._server.shop
+        assert self._site is not None and self._shop_task is not None
+        with self._site.lock:
+            shop = self._site.shop
             if self._shop_task.check(shop):
                 return 1.0, True, True, {"checker": "passed"}
             if shop.orders:  # an order is final: a wrong one fails the task
@@ -120,8 +110,3 @@ class WebAppEnvironment(BrowserEnvironment):
 
     def _type_values(self) -> list[str]:
         return list(self._shop_task.fields.values()) if self._shop_task else []
-
-    def _display_url(self, url: str) -> str:
-        if self._server is not None and url.startswith(self._server.origin):
-            return url[len(self._server.origin) :]
-        return url

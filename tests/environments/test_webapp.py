@@ -79,9 +79,9 @@ def test_checkout_errors_are_shown_and_a_wrong_order_fails(env):
     act(env, f"type {ref(env, 'textbox', 'Email')} {json.dumps(fields['email'])}")
     act(env, f"type {ref(env, 'textbox', 'Shipping address')} {json.dumps(fields['address'])}")
     outcome = act(env, f"click {ref(env, 'button', 'Place order')}")
-    target_in_cart = env._server.shop.orders[0].lines
+    target_in_cart = env._site.shop.orders[0].lines
     assert outcome.done
-    assert outcome.success is env._shop_task.check(env._server.shop)
+    assert outcome.success is env._shop_task.check(env._site.shop)
     assert target_in_cart  # an order was placed either way
 
 
