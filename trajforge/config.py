@@ -81,7 +81,9 @@ class RunConfig(BaseModel):
     judge: str | None = Field(None, description="model SPEC of the verifier stage; none: the env's truth")
     critique: bool = Field(False, description="the judge also names the first wrong step of each failure")
     concurrency: int = Field(1, ge=1, le=1024, description="searches in flight per worker")
-    pipeline_options: list[str] = Field(default_factory=lambda: ["--runner=FnApiRunner"])
+    pipeline_options: list[str] = Field(
+        default_factory=lambda: ["--runner=FnApiRunner", "--default_sdk_harness_log_level=WARNING"]
+    )
     workers: int = Field(2, ge=1, le=256, description="processes for preparing environments")
 
     @field_validator("envs", mode="before")
