@@ -109,9 +109,15 @@ def run(
 
 
 def _check_runnable(cfg: Any) -> None:
+    from trajforge.environments import registry
     from trajforge.environments.base import ConfigError
     from trajforge.synthesizers.policies import check_spec
 
+    for env in cfg.envs:  # options are checked (and missing programs named) before anything is written
+        try:
+            registry.make(env.name, **env.options).close()
+        except TypeError as exc:
+            raise ConfigError(f"envs.{env.name}.options: {exc}; see the README's environment table") from None
     for spec in cfg.policies:
         check_spec(spec)
     if cfg.critique and not cfg.judge:
@@ -122,8 +128,6 @@ def _check_runnable(cfg: Any) -> None:
         except ConfigError as exc:
             raise ConfigError(str(exc).replace("policies:", "judge:", 1)) from None
     if cfg.mcts.branching == "snapshot" and cfg.search == "mcts":
-        from trajforge.environments import registry
-
         for env in cfg.envs:
             if not getattr(registry.environment_class(env.name), "supports_snapshot", False):
                 raise ConfigError(
