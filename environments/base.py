@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 
-class EnvironmentError_(RuntimeError):
+class EnvironmentFailure(RuntimeError):
     """An environment failed on one item (crash, timeout): that item fails, not the run."""
 
 

@@ -16,7 +16,7 @@ workers blocked; downloads refused; popups closed. Every attempt counts in `bloc
 
 Crashes: when Chromium or the page dies, the episode is replayed once in a fresh browser
 (reset plus the actions so far, so episodes must be deterministic); a second death raises
-EnvironmentError_. A step that hangs longer than `step_timeout_s` kills Chromium, which
+EnvironmentFailure. A step that hangs longer than `step_timeout_s` kills Chromium, which
 turns the hang into such a crash.
 
 The sync API allows one Playwright driver per thread: environments in the same thread share
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from trajforge.environments.base import ConfigError, EnvironmentError_, Reset, StepOutcome, TaskSpec
+from trajforge.environments.base import ConfigError, EnvironmentFailure, Reset, StepOutcome, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +440,7 @@ class BrowserEnvironment:
 
     def step(self, action: str) -> StepOutcome:
         if self._task is None:
-            raise EnvironmentError_(f"{self.name}: no episode is running; call reset(task) first")
+            raise EnvironmentFailure(f"{self.name}: no episode is running; call reset(task) first")
         try:
             outcome = self._step(action)
         except _Died as exc:
@@ -541,7 +541,7 @@ class BrowserEnvironment:
     def _retry(self, attempt: Callable[[], T], exc: _Died) -> T:
         what = self._task.env_task if self._task else "?"
         if self._recovered:
-            raise EnvironmentError_(f"{self.name}: the browser died again in {what!r}: {exc}") from exc
+            raise EnvironmentFailure(f"{self.name}: the browser died again in {what!r}: {exc}") from exc
         self._recovered = True
         log.warning(
             "%s: browser died in %r (%s); retrying the episode in a fresh browser", self.name, what, exc
@@ -550,7 +550,7 @@ class BrowserEnvironment:
         try:
             return attempt()
         except _Died as again:
-            raise EnvironmentError_(
+            raise EnvironmentFailure(
                 f"{self.name}: the browser died twice in {what!r}: {exc}; then: {again}"
             ) from again
 
@@ -572,7 +572,7 @@ class BrowserEnvironment:
             cdp.detach()
         except PlaywrightError as exc:  # also the sync API refusing a thread that runs an asyncio loop
             self._shutdown_browser()
-            raise EnvironmentError_(f"{self.name}: could not launch Chromium: {_first_line(exc)}") from exc
+            raise EnvironmentFailure(f"{self.name}: could not launch Chromium: {_first_line(exc)}") from exc
         self._browser_pid = next(p["id"] for p in processes if p["type"] == "browser")
         self._crashed = False
 
@@ -654,7 +654,7 @@ class BrowserEnvironment:
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
-        """Playwright errors become _Died (browser gone) or EnvironmentError_ (this item failed)."""
+        """Playwright errors become _Died (browser gone) or EnvironmentFailure (this item failed)."""
         from playwright.sync_api import Error as PlaywrightError
 
         try:
@@ -662,7 +662,7 @@ class BrowserEnvironment:
         except PlaywrightError as exc:
             if self._dead():
                 raise _Died(_first_line(exc)) from exc
-            raise EnvironmentError_(f"{self.name}: {what} failed: {_first_line(exc)}") from exc
+            raise EnvironmentFailure(f"{self.name}: {what} failed: {_first_line(exc)}") from exc
 
     # ---- observing and acting ----
 

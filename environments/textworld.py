@@ -32,7 +32,7 @@ from typing import Any
 
 from trajforge.environments.base import (
     ConfigError,
-    EnvironmentError_,
+    EnvironmentFailure,
     Reset,
     StepOutcome,
     TaskSpec,
@@ -238,7 +238,7 @@ def _ensure_in(root: Path, env_task: str) -> Path:
         try:
             _generate(env_task, tmp)
         except Exception as exc:
-            raise EnvironmentError_(f"textworld: could not generate {env_task!r}: {exc}") from exc
+            raise EnvironmentFailure(f"textworld: could not generate {env_task!r}: {exc}") from exc
         (tmp / "env_task.txt").write_text(env_task + "\n")
         tmp.chmod(0o755)  # mkdtemp made it private; the cache may be shared
         try:
@@ -279,7 +279,7 @@ def _try_ensure(root: Path, env_task: str) -> str | None:
     """None when the game is there, else why not (runs in worker processes)."""
     try:
         _ensure_in(root, env_task)
-    except (EnvironmentError_, OSError) as exc:
+    except (EnvironmentFailure, OSError) as exc:
         return str(exc)
     return None
 
@@ -376,7 +376,7 @@ class TextWorldEnvironment:
                 self._start(path, task.env_task)
             self._state = self._env.reset()
         except Exception as exc:
-            raise EnvironmentError_(f"textworld: reset of {task.env_task!r} failed: {exc}") from exc
+            raise EnvironmentFailure(f"textworld: reset of {task.env_task!r} failed: {exc}") from exc
         return Reset(clean_feedback(self._state.feedback), self._state.objective or "")
 
     def _start(self, path: Path, env_task: str) -> None:
@@ -388,7 +388,7 @@ class TextWorldEnvironment:
 
     def _current(self) -> Any:
         if self._state is None:
-            raise EnvironmentError_("textworld: no game is running; call reset(task) first")
+            raise EnvironmentFailure("textworld: no game is running; call reset(task) first")
         return self._state
 
     def _done(self) -> bool:
@@ -407,7 +407,7 @@ class TextWorldEnvironment:
         try:
             self._state, _, _ = self._env.step(command)
         except Exception as exc:
-            raise EnvironmentError_(
+            raise EnvironmentFailure(
                 f"textworld: step {action!r} failed in {self._env_task!r}: {exc}"
             ) from exc
         return self._outcome(clean_feedback(self._state.feedback), before, self._state)
@@ -432,7 +432,7 @@ class TextWorldEnvironment:
         jericho_env = gamedata._wrapped_env
         names = [type(w).__name__ for w in (tracking, i7data, gamedata, jericho_env)]
         if names != ["StateTracking", "Inform7Data", "GameData", "JerichoEnv"]:
-            raise EnvironmentError_(f"textworld: unexpected wrapper chain {names}; pin 1.7.0")
+            raise EnvironmentFailure(f"textworld: unexpected wrapper chain {names}; pin 1.7.0")
         return tracking, i7data, gamedata, jericho_env
 
     def snapshot(self) -> _Snapshot:

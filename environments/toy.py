@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from trajforge.environments.base import EnvironmentError_, Reset, StepOutcome, TaskSpec
+from trajforge.environments.base import EnvironmentFailure, Reset, StepOutcome, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class ToyEnvironment:
     def step(self, action: str) -> StepOutcome:
         s = self._state
         if self._crash and s.steps >= 1:
-            raise EnvironmentError_("toy environment crashed (task asked for it)")
+            raise EnvironmentFailure("toy environment crashed (task asked for it)")
         if action not in self.admissible_actions():
             self._state = _State(s.room, s.has_key, s.done, s.steps + 1)
             return StepOutcome("That is not something you can do here.", 0.0, False, None)

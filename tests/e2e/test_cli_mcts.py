@@ -82,7 +82,7 @@ def test_a_crashing_environment_fails_its_task_not_the_run(cli, tmp_path):
     runs = sql_json(cli, out, "SELECT counts FROM runs")
     counts = runs[0]["counts"]
     counts = dict(counts) if not isinstance(counts, list) else {k: v for k, v in counts}
-    assert counts["failed:search:EnvironmentError_"] == 2
+    assert counts["failed:search:EnvironmentFailure"] == 2
     assert counts["trajectories"] == 4
     failures = sql_json(cli, out, "SELECT stage, detail FROM failures")
     assert len(failures) == 2 and all("crashed" in f["detail"] for f in failures)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trajforge.environments.base import ConfigError, EnvironmentError_, TaskSpec
+from trajforge.environments.base import ConfigError, EnvironmentFailure, TaskSpec
 from trajforge.environments.browser import Action, BrowserEnvironment, parse_action
 
 pytest.importorskip("playwright")
@@ -164,7 +164,7 @@ def test_a_killed_browser_is_replaced_and_the_episode_replayed_once(servers):
         assert not any(alive(pid) for pid in first)
 
         env.kill_browser()
-        with pytest.raises(EnvironmentError_, match="died again"):
+        with pytest.raises(EnvironmentFailure, match="died again"):
             env.step(f"click {ref(env, 'add')}")
 
         env.reset(TaskSpec(f"{a.origin}/counter", seed=0))  # a new episode starts a new browser
@@ -191,7 +191,7 @@ def test_a_browser_that_dies_during_reset_is_retried_then_given_up(servers, monk
     task = TaskSpec(f"{a.origin}/counter", seed=0)
     try:
         assert "add" in env.reset(task).observation  # died once, retried in a fresh browser
-        with pytest.raises(EnvironmentError_, match="died twice"):
+        with pytest.raises(EnvironmentFailure, match="died twice"):
             env.reset(task)
     finally:
         env.close()

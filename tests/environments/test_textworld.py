@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import trajforge.environments.textworld as tw
-from trajforge.environments.base import ConfigError, EnvironmentError_, TaskSpec
+from trajforge.environments.base import ConfigError, EnvironmentFailure, TaskSpec
 from trajforge.environments.textworld import TextWorldEnvironment, ensure_games
 
 # Jericho warns about every TextWorld game and long input; TextWorld mutes these outside pytest.
@@ -121,7 +121,7 @@ def test_failed_generation_leaves_no_half_game(tmp_path: Path, monkeypatch: pyte
 
     monkeypatch.setattr(tw, "_generate", generate)
     env_task = "tw-cooking/recipe=1,take=1,go=1/seed=5"
-    with pytest.raises(EnvironmentError_, match="compiler died") as caught:
+    with pytest.raises(EnvironmentFailure, match="compiler died") as caught:
         tw.ensure_game(env_task, tmp_path)
     assert isinstance(caught.value.__cause__, RuntimeError)
     assert ensure_games([env_task], tmp_path) == {}
@@ -188,5 +188,5 @@ def test_pickles_as_configuration(cache: Path) -> None:
 
 
 def test_calls_before_reset_fail_cleanly(env) -> None:
-    with pytest.raises(EnvironmentError_, match="reset"):
+    with pytest.raises(EnvironmentFailure, match="reset"):
         env.step("look")

@@ -51,7 +51,7 @@ def test_every_task_and_sample_is_staged(baseline):
 def test_a_crashing_environment_fails_only_its_items(baseline):
     failures = baseline.read_staged("failures").to_pylist()
     assert len(failures) == 2  # one search per policy of the crashing task
-    assert {f["reason"] for f in failures} == {"EnvironmentError_"}
+    assert {f["reason"] for f in failures} == {"EnvironmentFailure"}
     assert {f["stage"] for f in failures} == {"search"}
     assert all("crashed" in f["detail"] for f in failures)
 

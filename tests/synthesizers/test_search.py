@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from trajforge.environments.base import EnvironmentError_, TaskSpec
+from trajforge.environments.base import EnvironmentFailure, TaskSpec
 from trajforge.environments.toy import ToyEnvironment
 from trajforge.schemas import conversation
 from trajforge.synthesizers.pairs import sibling_pairs, trajectory_pairs
@@ -111,7 +111,7 @@ def test_trajectory_pairs_match_a_success_with_a_failure_of_the_same_task():
 
 
 def test_an_environment_crash_mid_search_raises_for_that_task_only():
-    with pytest.raises(EnvironmentError_):
+    with pytest.raises(EnvironmentFailure):
         mcts(task=TaskSpec("corridor-3-1-crash", 1))
 
 
