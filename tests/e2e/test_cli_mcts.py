@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.helpers import run_counts, sql_json
 from trajforge.schemas import conversation
-
-
-def sql_json(cli, out: Path, query: str) -> list[dict]:
-    result = cli("sql", "--out", str(out), "--format", "json", query)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +74,7 @@ def test_a_crashing_environment_fails_its_task_not_the_run(cli, tmp_path):
     out = tmp_path / "data"
     result = cli("run", "--config", str(config), "--out", str(out))
     assert result.returncode == 0, result.stderr
-    runs = sql_json(cli, out, "SELECT counts FROM runs")
-    counts = runs[0]["counts"]
-    counts = dict(counts) if not isinstance(counts, list) else {k: v for k, v in counts}
+    counts = run_counts(cli, out)
     assert counts["failed:search:EnvironmentFailure"] == 2
     assert counts["trajectories"] == 4
     failures = sql_json(cli, out, "SELECT stage, detail FROM failures")

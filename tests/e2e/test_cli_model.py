@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.e2e.helpers import run_counts, sql_json
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +41,6 @@ def model_url(tmp_path_factory):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-
-
-def sql_json(cli, out: Path, query: str) -> list[dict]:
-    result = cli("sql", "--out", str(out), "--format", "json", query)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def run_args(out: Path, model_url: str) -> list[str]:
@@ -89,8 +84,7 @@ def test_a_rerun_of_an_unfinished_run_answers_from_the_request_cache(cli, model_
         cli, out, "SELECT sum(model_calls) AS calls, sum(cached_calls) AS cached FROM trajectories"
     )[0]
     assert calls["calls"] > 0 and calls["cached"] == calls["calls"]
-    counts = sql_json(cli, out, "SELECT counts FROM runs")[0]["counts"]
-    counts = dict(counts) if not isinstance(counts, list) else {k: v for k, v in counts}
+    counts = run_counts(cli, out)
     assert counts["model:cached_calls"] == calls["cached"]
 
 
@@ -132,8 +126,7 @@ def test_the_judge_stage_scores_every_trajectory_and_critiques_failures(cli, mod
         found = json.loads(t["critique"])
         assert 0 <= found["first_error_step"] < t["num_steps"] and 0 < found["confidence"] <= 1
     assert all(t["critique"] is None for t in trajs if t["success"])
-    counts = sql_json(cli, out, "SELECT counts FROM runs")[0]["counts"]
-    counts = dict(counts) if not isinstance(counts, list) else {k: v for k, v in counts}
+    counts = run_counts(cli, out)
     judged = sum(counts.get(f"judge:{k}", 0) for k in ("tp", "fp", "fn", "tn"))
     assert judged == 6
     assert counts.get("judge:tp", 0) + counts.get("judge:fn", 0) == sum(t["success"] for t in trajs)

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.helpers import sql_json
+
 SOLVABLE = ["click-button", "click-checkboxes", "enter-text", "click-tab-2", "choose-list"]
-
-
-def sql_json(cli, out: Path, query: str) -> list[dict]:
-    result = cli("sql", "--out", str(out), "--format", "json", query)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
