@@ -12,28 +12,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import apache_beam as beam
 import uvicorn
 from apache_beam.ml.inference.base import RunInference  # noqa: I001 - after beam, as Beam documents
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from trajforge.environments.toy import ToyEnvironment
 from trajforge.inference.client import Choice, Response, TokenLogprob, Usage
 from trajforge.inference.serve import response_body
-from trajforge.pipelines.synthesis import JudgeHandler
+from trajforge.pipelines.synthesis import JudgeHandler, Search
+from trajforge.schemas import ids
 from trajforge.schemas.records import Step, Trajectory
-from trajforge.synthesizers.llm_policy import make_llm_policy
-from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings, search
+from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings
 
 
 def fake_app(latency: float, capacity: int) -> FastAPI:
@@ -42,18 +39,20 @@ def fake_app(latency: float, capacity: int) -> FastAPI:
     slots = asyncio.Semaphore(capacity)
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict:
+    async def chat(request: Request) -> JSONResponse:
         body = await request.json()
-        async with slots:
-            state["requests"] += 1
-            await asyncio.sleep(latency)
         words = body["messages"][-1]["content"].split() or [""]
         # Prompt logprobs: a made-up but deterministic likelihood of each word of the last turn.
         prompt = [None] + [TokenLogprob(w, -0.1 * len(w)) for w in words]
         choices = (body.get("structured_outputs") or {}).get("choice") or ["Action: go east"]
-        return response_body(
-            Response([Choice(choices[0], "stop")], Usage(len(words), 3), "fake", prompt), chat=True
-        )
+        answer = Response([Choice(choices[0], "stop")], Usage(len(words), 3), "fake", prompt)
+        # The answer is made before the slot is taken: the fake's own Python work, on the CPU
+        # the client shares here (a GPU server is on its own host), must not hold a slot.
+        reply = JSONResponse(response_body(answer, chat=True))
+        async with slots:
+            state["requests"] += 1
+            await asyncio.sleep(latency)
+        return reply
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -111,8 +110,8 @@ class FakeGPUServer:
         self.proc.wait(timeout=10)
 
 
-def verifier_stage(url: str, n: int, cache: Path) -> int:
-    rows = [
+def trajectories(n: int) -> list[dict]:
+    return [
         Trajectory(
             trajectory_id=f"t{i}",
             task_id="task",
@@ -127,38 +126,67 @@ def verifier_stage(url: str, n: int, cache: Path) -> int:
         ).row()
         for i in range(n)
     ]
+
+
+def verifier_stage(url: str, rows: list[dict], in_flight: int) -> None:
+    """The run's verifier stage: RunInference with the judge's handler, `in_flight` requests
+    at a time ("yes" and "no" are scored by one request each)."""
+    handler = JudgeHandler(f"openai:{url}#fake", {"cache_dir": None}, concurrency=in_flight)
     with beam.Pipeline(argv=["--runner=FnApiRunner"]) as p:
-        _ = p | beam.Create(rows) | RunInference(JudgeHandler(f"openai:{url}#fake", {"cache_dir": None}))
-    return 2 * n  # "yes" and "no" are scored by one request each
+        _ = p | beam.Create(rows) | RunInference(handler)
 
 
-def mcts_searches(url: str, searches: int, simulations: int) -> int:
+def mcts_searches(url: str, searches: int, simulations: int, concurrency: int) -> int:
+    """MCTS with an LLM policy (priors and rollouts) through the pipeline's Search stage,
+    `concurrency` searches in flight: each search's requests wait on each other, so the server
+    is kept busy by running more searches than it serves requests at once."""
     settings = SearchSettings(
         "mcts", 8, 1, Budget(env_steps=10**6, simulations=simulations), MCTSSettings(rollout_depth=1)
     )
-    made = [0] * searches
+    tasks = [
+        {
+            "task_id": ids.task_id("toy", s.env_task, s.seed),
+            "env": "toy",
+            "env_task": s.env_task,
+            "seed": s.seed,
+            "instruction": None,
+        }
+        for s in ToyEnvironment().task_specs(searches, 0)
+    ]
+    options = {"concurrency": concurrency, "pair_gap": 0.1, "keep_terminal_paths": False, "model": {}}
+    with beam.Pipeline(argv=["--runner=FnApiRunner"]) as p:
+        _ = (
+            p
+            | beam.Create([(t, f"openai:{url}#fake") for t in tasks])
+            | beam.ParDo(Search({}, "bench", settings, options))
+        )
 
-    def one(i: int) -> None:
-        policy = make_llm_policy(f"openai:{url}#fake")
-        search(ToyEnvironment(), ToyEnvironment().task_specs(1, i)[0], policy, settings, seed=i)
-        made[i] = policy.client.stats()["calls"]
-        policy.close()
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(searches)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(made)
+def warm_up_beam() -> None:
+    """Beam's one-off start in a process (imports, runner set-up) is not a stage's cost."""
+    with beam.Pipeline(argv=["--runner=FnApiRunner"]) as p:
+        _ = p | beam.Create([1]) | beam.Map(lambda x: x)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--latency", type=float, default=0.25)
     ap.add_argument("--capacity", type=int, default=64)
-    ap.add_argument("--trajectories", type=int, default=1024)
-    ap.add_argument("--searches", type=int, default=64)
+    ap.add_argument("--trajectories", type=int, default=2048)
+    ap.add_argument("--searches", type=int, default=512)
     ap.add_argument("--simulations", type=int, default=10)
+    ap.add_argument(
+        "--search-concurrency",
+        type=int,
+        default=256,
+        help="MCTS searches in flight (the run's `concurrency`)",
+    )
+    ap.add_argument(
+        "--in-flight",
+        type=int,
+        default=128,
+        help="verifier requests in flight (the run's `requests_in_flight`)",
+    )
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # run the fake server on this port
     args = ap.parse_args()
     if args.serve:
@@ -171,29 +199,24 @@ def main() -> None:
             limit_concurrency=10_000,
         )
         return
-    cache = Path(tempfile.mkdtemp(prefix="trajforge-bench-"))
     print(f"\nmodel throughput: latency {args.latency}s, capacity {args.capacity} concurrent requests")
     print(f"{'stage':<30}{'requests':>9}{'ideal s':>9}{'achieved s':>11}{'ratio':>7}")
-    try:
-        for name, fn in [
-            (
-                f"verifier ({args.trajectories} traj)",
-                lambda url: verifier_stage(url, args.trajectories, cache),
-            ),
-            (
-                f"mcts ({args.searches} searches)",
-                lambda url: mcts_searches(url, args.searches, args.simulations),
-            ),
-        ]:
-            with FakeGPUServer(args.latency, args.capacity) as server:
-                t0 = time.perf_counter()
-                fn(server.url)
-                wall = time.perf_counter() - t0
-                requests = server.requests
-            ideal = requests * args.latency / args.capacity
-            print(f"{name:<30}{requests:>9}{ideal:>9.2f}{wall:>11.2f}{wall / ideal:>6.2f}x")
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    rows = trajectories(args.trajectories)
+    warm_up_beam()
+    stages = {
+        f"verifier ({args.trajectories} traj)": lambda url: verifier_stage(url, rows, args.in_flight),
+        f"mcts ({args.searches} searches)": lambda url: mcts_searches(
+            url, args.searches, args.simulations, args.search_concurrency
+        ),
+    }
+    for name, stage in stages.items():
+        with FakeGPUServer(args.latency, args.capacity) as server:
+            t0 = time.perf_counter()
+            stage(server.url)
+            wall = time.perf_counter() - t0
+            requests = server.requests
+        ideal = requests * args.latency / args.capacity
+        print(f"{name:<30}{requests:>9}{ideal:>9.2f}{wall:>11.2f}{wall / ideal:>6.2f}x")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def stage_batch(config: RunConfig, specs: list[dict[str, Any]], run_dir: RunDir)
         model_options=config.model_options(),
         judge=config.judge,
         critique=config.critique,
+        requests_in_flight=config.requests_in_flight,
     )
     run_dir.set_status("staged")
 

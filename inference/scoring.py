@@ -4,18 +4,20 @@ actions for policies and gives a judge its P(yes) without sampling."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from trajforge.inference.client import Backend, ChatRequest, Response, Usage
 
+# One question: (conversation, assistant prefix, candidate continuations).
+Question = tuple[list[dict[str, str]], str, list[str]]
 
-def score_candidates(
-    client: Backend, model: str | None, msgs: list[dict[str, str]], prefix: str, candidates: list[str]
-) -> tuple[list[float], Usage]:
-    """log P(candidate | conversation, assistant prefix) for each candidate, up to a constant
-    shared by all, from the prompt logprobs of the conversation continued by prefix +
-    candidate. Tokens at the start that all candidates' prompts share are left out."""
-    requests = [
+
+def candidate_requests(model: str | None, question: Question) -> list[ChatRequest]:
+    """One request per candidate: the conversation continued by prefix + candidate, asking for
+    the prompt's own logprobs and a single generated token."""
+    msgs, prefix, candidates = question
+    return [
         ChatRequest(
             [*msgs, {"role": "assistant", "content": prefix + c}],
             model=model,
@@ -26,13 +28,52 @@ def score_candidates(
         )
         for c in candidates
     ]
-    with ThreadPoolExecutor(max_workers=min(8, len(requests))) as pool:
-        responses = list(pool.map(client.chat, requests))
-    usage = sum((r.usage for r in responses), Usage())
-    return _candidate_scores(responses), usage
 
 
-def _candidate_scores(responses: list[Response]) -> list[float]:
+def score_candidates(
+    client: Backend, model: str | None, msgs: list[dict[str, str]], prefix: str, candidates: list[str]
+) -> tuple[list[float], Usage]:
+    """log P(candidate | conversation, assistant prefix) for each candidate, up to a constant
+    shared by all (see `candidate_scores`)."""
+    [result] = score_many(client, model, [(msgs, prefix, candidates)], concurrency=8)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def score_many(
+    client: Backend, model: str | None, questions: Sequence[Question], *, concurrency: int = 64
+) -> list[tuple[list[float], Usage] | Exception]:
+    """`score_candidates` for many questions, their requests all in one pool of `concurrency`
+    threads, so a model server always has work; a question whose request failed gets its error."""
+    requests = [candidate_requests(model, q) for q in questions]
+    flat = [r for rs in requests for r in rs]
+
+    def ask(request: ChatRequest) -> Response | Exception:
+        try:
+            return client.chat(request)
+        except Exception as exc:  # noqa: BLE001 - the question fails, not the batch
+            return exc
+
+    with ThreadPoolExecutor(max(1, min(concurrency, len(flat)))) as pool:
+        answers = iter(list(pool.map(ask, flat)))
+    results: list[tuple[list[float], Usage] | Exception] = []
+    for rs in requests:
+        responses = [next(answers) for _ in rs]
+        error = next((r for r in responses if isinstance(r, Exception)), None)
+        if error is not None:
+            results.append(error)
+            continue
+        try:
+            usage = sum((r.usage for r in responses), Usage())
+            results.append((candidate_scores(responses), usage))  # type: ignore[arg-type]
+        except ValueError as exc:
+            results.append(exc)
+    return results
+
+
+def candidate_scores(responses: list[Response]) -> list[float]:
+    """Sum of each candidate's prompt logprobs after the tokens all candidates share."""
     tokens = [[(t.token, t.logprob) for t in r.prompt_logprobs or [] if t is not None] for r in responses]
     if any(not t for t in tokens):
         raise ValueError("the backend returned no prompt logprobs to score candidates with")

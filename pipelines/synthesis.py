@@ -5,21 +5,21 @@ folder. Thin DoFns around synthesizers/ and validators/.
 Elements carry only names, seeds and options, never local paths or live objects, so the
 same pipeline runs on a distributed runner by pipeline options alone.
 
-Concurrency: each worker runs `concurrency` searches at once (threads over a batch of
-tasks, one environment instance each), so that when the policy is a model server, requests
-from different searches are in flight together. Beam's own workers multiply this
-(`--direct_num_workers`, or the runner's worker count).
+Concurrency: each worker keeps `concurrency` searches in flight (a sliding window over its
+bundle: a finished search's thread takes the next item at once; one environment instance and
+one policy per thread), so that when the policy is a model server, requests from different
+searches are in flight together. Beam's own workers multiply this (`--direct_num_workers`, or
+the runner's worker count).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import threading
 import traceback
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,9 @@ logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("api
 import apache_beam as beam  # noqa: E402
 from apache_beam.ml.inference.base import ModelHandler, RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+from apache_beam.transforms.window import GlobalWindow  # noqa: E402
+from apache_beam.utils.timestamp import MIN_TIMESTAMP  # noqa: E402
+from apache_beam.utils.windowed_value import WindowedValue  # noqa: E402
 
 from trajforge.environments import registry  # noqa: E402
 from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
@@ -110,7 +113,9 @@ class DescribeTask(_EnvDoFn):
 
 
 class Search(_EnvDoFn):
-    """A batch of (task, policy) items -> trajectories, tree nodes and sibling pairs."""
+    """(task, policy) items -> trajectories, tree nodes and sibling pairs, `concurrency` searches
+    in flight. Items run in the global window (the pipeline starts from Create), so outputs of
+    one item may leave with a later item's, or at the end of the bundle."""
 
     def __init__(self, env_options: dict, run_id: str, settings: SearchSettings, options: dict) -> None:
         super().__init__(env_options, run_id)
@@ -121,8 +126,12 @@ class Search(_EnvDoFn):
         super().setup()
         self._local = threading.local()
         self._opened: list[Any] = []
+        self._window = max(1, self.options["concurrency"])
+        self._pool = ThreadPoolExecutor(self._window, thread_name_prefix="search")
+        self._pending: list[Future] = []
 
     def teardown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
         for policy in self._opened:  # model policies hold connections (or a local model)
             with contextlib.suppress(Exception):
                 getattr(policy, "close", lambda: None)()
@@ -137,15 +146,32 @@ class Search(_EnvDoFn):
                 self._opened.append(policies[spec])
         return policies[spec]
 
-    def process(self, batch: list[tuple[dict, str]]) -> Iterator[Any]:
-        workers = max(1, min(self.options["concurrency"], len(batch)))
-        if workers == 1:
-            outputs = [self._one(item) for item in batch]
-        else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="search") as pool:
-                outputs = list(pool.map(self._one, batch))
-        for out in outputs:
-            yield from out
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def process(self, item: tuple[dict, str]) -> Iterator[Any]:
+        self._pending.append(self._pool.submit(self._one, item))
+        # Queue at most one window ahead, so memory stays bounded however big the bundle.
+        if len(self._pending) >= 2 * self._window:
+            wait(self._pending, return_when=FIRST_COMPLETED)
+        yield from self._collect(done_only=True)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for out in self._collect(done_only=False):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, _global(out.value))
+            else:
+                yield _global(out)
+
+    def _collect(self, done_only: bool) -> Iterator[Any]:
+        """Outputs of finished searches (of all, waiting for them, when not `done_only`)."""
+        keep = []
+        for future in self._pending:
+            if done_only and not future.done():
+                keep.append(future)
+            else:
+                yield from future.result()  # _one turns every error into a failure row
+        self._pending = keep
 
     def _one(self, item: tuple[dict, str]) -> list[Any]:
         task, policy_spec = item
@@ -255,8 +281,11 @@ class JudgeHandler(ModelHandler):
     server on GPU hosts, `trajforge serve-model` on CPU): the stage is the same pipeline either
     way. A failed judgement keeps the environment's verdict and says why in `critique`."""
 
-    def __init__(self, spec: str, options: dict[str, Any], critique: bool = False) -> None:
+    def __init__(
+        self, spec: str, options: dict[str, Any], critique: bool = False, concurrency: int = 64
+    ) -> None:
         self.spec, self.options, self.critique = spec, options, critique
+        self.concurrency = concurrency  # requests in flight: the server's capacity is a good value
 
     def load_model(self) -> Any:
         from trajforge.inference.specs import reliable_client
@@ -271,28 +300,18 @@ class JudgeHandler(ModelHandler):
         return Judge(client, client.backend.model)
 
     def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> list[dict]:
-        # A batch's judgements are in flight together: a model server's latency overlaps.
-        with ThreadPoolExecutor(max(1, min(len(batch), 32)), thread_name_prefix="judge") as pool:
-            return list(pool.map(lambda t: self._one(model, t), batch))
-
-    def _one(self, judge: Any, trajectory: dict) -> dict:
-        from trajforge.validators.judge import critique
-
-        try:
-            judged = judge.verdict(trajectory)
-            if self.critique and not judged["success"]:
-                found = critique(judge, judged)
-                if found is not None:
-                    judged["tokens_in"] += found.pop("tokens_in")
-                    judged["tokens_out"] += found.pop("tokens_out")
-                    judged["critique"] = json.dumps(found)
-            return judged
-        except Exception as exc:  # noqa: BLE001 - one judgement fails, not the run
-            note = f"judge failed: {type(exc).__name__}: {exc}"[:500]
-            return {**trajectory, "critique": note}
+        # All of a batch's requests are in flight together, `concurrency` at a time, so a
+        # model server always has work; batches are several times that, so the pause between
+        # two batches is short next to each batch.
+        return model.judge_all(list(batch), critique=self.critique, concurrency=self.concurrency)
 
     def batch_elements_kwargs(self) -> dict[str, int]:
-        return {"min_batch_size": 32, "max_batch_size": 32}
+        return {"min_batch_size": 8 * self.concurrency, "max_batch_size": 8 * self.concurrency}
+
+
+def _global(value: Any) -> WindowedValue:
+    """What finish_bundle must emit: a value placed in the global window."""
+    return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
 
 
 def _pairs_of_task(item: tuple[str, Any], max_pairs: int) -> Iterator[dict]:
@@ -326,6 +345,7 @@ def build(
     model_options: dict[str, Any] | None = None,
     judge: str | None = None,
     critique: bool = False,
+    requests_in_flight: int = 64,
 ) -> None:
     options = {
         "concurrency": concurrency,
@@ -343,7 +363,6 @@ def build(
         described.tasks
         | "Expand" >> beam.FlatMap(lambda t: [(t, policy) for policy in policies])
         | "Reshuffle work" >> beam.Reshuffle()
-        | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=concurrency)
         | "Search"
         >> beam.ParDo(Search(env_options, run_id, settings, options)).with_outputs(
             FAILURES, NODES, PAIRS, ARTIFACTS, main="trajectories"
@@ -351,7 +370,7 @@ def build(
     )
     trajectories = searched.trajectories
     if judge:
-        handler = JudgeHandler(judge, model_options or {}, critique=critique)
+        handler = JudgeHandler(judge, model_options or {}, critique, requests_in_flight)
         trajectories = trajectories | "Judge" >> RunInference(handler)
     trajectory_level = (
         trajectories

@@ -17,7 +17,7 @@ from trajforge.schemas.ids import canonical_json
 
 # Settings that decide where and how fast a run executes, not what data it makes:
 # they stay out of the fingerprint, so moving a run to another runner or folder keeps its id.
-EXECUTION_FIELDS = {"out", "pipeline_options", "workers", "concurrency"}
+EXECUTION_FIELDS = {"out", "pipeline_options", "workers", "concurrency", "requests_in_flight"}
 
 
 class EnvSpec(BaseModel):
@@ -81,6 +81,9 @@ class RunConfig(BaseModel):
     judge: str | None = Field(None, description="model SPEC of the verifier stage; none: the env's truth")
     critique: bool = Field(False, description="the judge also names the first wrong step of each failure")
     concurrency: int = Field(1, ge=1, le=1024, description="searches in flight per worker")
+    requests_in_flight: int = Field(
+        64, ge=1, le=4096, description="judge requests in flight per worker (the server's capacity)"
+    )
     pipeline_options: list[str] = Field(
         default_factory=lambda: ["--runner=FnApiRunner", "--default_sdk_harness_log_level=WARNING"]
     )

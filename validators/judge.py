@@ -4,10 +4,11 @@ achieved its instruction. P(success) comes from the likelihoods of the answers "
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from trajforge.inference.client import Backend
-from trajforge.inference.scoring import score_candidates, softmax
+from trajforge.inference.client import Backend, Usage
+from trajforge.inference.scoring import Question, score_many, softmax
 
 SYSTEM = (
     "You are a strict judge of AI agents. Read the task and the agent's transcript, then answer "
@@ -36,17 +37,74 @@ class Judge:
 
     def verdict(self, trajectory: dict[str, Any]) -> dict[str, Any]:
         """The trajectory with the judge's verifier_score/verdict and the tokens it cost."""
-        scores, usage = score_candidates(
-            self.client, self.model, judge_messages(trajectory), "", ["yes", "no"]
-        )
-        p_yes = softmax(scores)[0]
-        return {
-            **trajectory,
-            "verifier_score": round(p_yes, 9),
-            "verifier_verdict": "pass" if p_yes >= self.threshold else "fail",
-            "tokens_in": (trajectory.get("tokens_in") or 0) + usage.prompt_tokens,
-            "tokens_out": (trajectory.get("tokens_out") or 0) + usage.completion_tokens,
-        }
+        [judged] = self.judge_all([trajectory])
+        return judged
+
+    def judge_all(
+        self, trajectories: list[dict[str, Any]], *, critique: bool = False, concurrency: int = 64
+    ) -> list[dict[str, Any]]:
+        """Verdicts for all (and critiques of the failures, when asked), every request of a
+        phase in flight together. A failed judgement keeps the environment's verdict and says
+        why in `critique`; a failed critique keeps the verdict."""
+        questions = [(judge_messages(t), "", ["yes", "no"]) for t in trajectories]
+        out = []
+        for t, result in zip(
+            trajectories, score_many(self.client, self.model, questions, concurrency=concurrency), strict=True
+        ):
+            if isinstance(result, Exception):
+                out.append({**t, "critique": _failed("judge", result)})
+                continue
+            scores, usage = result
+            p_yes = softmax(scores)[0]
+            out.append(
+                _charged(
+                    {
+                        **t,
+                        "verifier_score": round(p_yes, 9),
+                        "verifier_verdict": "pass" if p_yes >= self.threshold else "fail",
+                    },
+                    usage,
+                )
+            )
+        if critique:
+            wrong = [i for i, t in enumerate(out) if _failed_attempt(t) and t.get("critique") is None]
+            for i, found in zip(wrong, self.critiques([out[i] for i in wrong], concurrency), strict=True):
+                out[i] = found
+        return out
+
+    def critiques(self, failures: list[dict[str, Any]], concurrency: int = 64) -> list[dict[str, Any]]:
+        """Each failed trajectory with the first step that went wrong (as Agent-R revises from
+        it) in `critique`, as JSON with the critic's confidence and per-step scores."""
+        questions = [critique_question(t) for t in failures]
+        out = []
+        for t, result in zip(
+            failures, score_many(self.client, self.model, questions, concurrency=concurrency), strict=True
+        ):
+            if isinstance(result, Exception):
+                out.append({**t, "critique": _failed("critique", result)})
+                continue
+            scores, usage = result
+            out.append(_charged({**t, "critique": json.dumps(_first_error(t, scores))}, usage))
+        return out
+
+
+def _failed_attempt(trajectory: dict[str, Any]) -> bool:
+    """Failed by the environment's truth, or by the judge's verdict where there is no truth."""
+    truth = trajectory.get("success")
+    failed = not truth if truth is not None else trajectory.get("verifier_verdict") == "fail"
+    return failed and bool(trajectory["steps"])
+
+
+def _charged(trajectory: dict[str, Any], usage: Usage) -> dict[str, Any]:
+    return {
+        **trajectory,
+        "tokens_in": (trajectory.get("tokens_in") or 0) + usage.prompt_tokens,
+        "tokens_out": (trajectory.get("tokens_out") or 0) + usage.completion_tokens,
+    }
+
+
+def _failed(stage: str, exc: Exception) -> str:
+    return f"{stage} failed: {type(exc).__name__}: {exc}"[:500]
 
 
 CRITIC_SYSTEM = (
@@ -64,23 +122,20 @@ def critique_messages(trajectory: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "system", "content": CRITIC_SYSTEM}, {"role": "user", "content": user}]
 
 
-def critique(judge: Judge, trajectory: dict[str, Any]) -> dict[str, Any] | None:
-    """Which step first went wrong (as Agent-R revises from it), with the critic's confidence;
-    None for an empty trajectory."""
+def critique_question(trajectory: dict[str, Any]) -> Question:
     steps = list(trajectory["steps"])[:MAX_STEPS_SHOWN]
-    if not steps:
-        return None
-    candidates = [str(s["index"]) for s in steps]
-    scores, usage = score_candidates(judge.client, judge.model, critique_messages(trajectory), "", candidates)
+    return critique_messages(trajectory), "", [str(s["index"]) for s in steps]
+
+
+def _first_error(trajectory: dict[str, Any], scores: list[float]) -> dict[str, Any]:
+    steps = list(trajectory["steps"])[:MAX_STEPS_SHOWN]
     probs = softmax(scores)
     best = max(range(len(steps)), key=lambda i: (probs[i], -i))
     return {
-        "first_error_step": int(candidates[best]),
+        "first_error_step": int(steps[best]["index"]),
         "action": steps[best]["action"],
         "confidence": round(probs[best], 6),
-        "step_scores": {c: round(p, 6) for c, p in zip(candidates, probs, strict=True)},
-        "tokens_in": usage.prompt_tokens,
-        "tokens_out": usage.completion_tokens,
+        "step_scores": {str(s["index"]): round(p, 6) for s, p in zip(steps, probs, strict=True)},
     }
 
 
