@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trajforge.environments.base import Environment, TaskSpec
@@ -33,10 +34,11 @@ def rollout(
     seed: int,
     max_steps: int,
     timeout_s: float,
+    out_of_tokens: Callable[[], bool] = lambda: False,
 ) -> Episode:
-    """Run one episode. Stops on done, on max_steps, on the time limit, or when no action is
-    admissible. The time limit is checked between steps: a single environment step that
-    blocks is the adapter's to bound."""
+    """Run one episode. Stops on done, on max_steps, on the time limit, when the model-token
+    budget is spent, or when no action is admissible. Limits are checked between steps: a
+    single environment step that blocks is the adapter's to bound."""
     start = time.monotonic()
     reset = env.reset(task)
     policy.start(seed)
@@ -49,6 +51,9 @@ def rollout(
             break
         if time.monotonic() - start > timeout_s:
             ep.stop_reason = "timeout"
+            break
+        if out_of_tokens():
+            ep.stop_reason = "tokens"
             break
         admissible = env.admissible_actions()
         if not admissible:

@@ -32,6 +32,7 @@ class Budget:
     env_steps: int = 400
     simulations: int = 10_000
     wall_s: float = 300.0
+    tokens: int | None = None  # model tokens (in + out, priors included); None: no limit
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,8 @@ def search_key(settings: SearchSettings) -> dict[str, Any]:
     key: dict[str, Any] = {"search": settings.method, "max_steps": settings.max_steps}
     if settings.method != "rollout":
         key["budget"] = {"env_steps": settings.budget.env_steps, "simulations": settings.budget.simulations}
+        if settings.budget.tokens is not None:  # only when set: ids of unbounded runs stay as they were
+            key["budget"]["tokens"] = settings.budget.tokens
     if settings.method == "best_of_n":
         key["samples"] = settings.samples
     if settings.method == "mcts":
@@ -269,6 +272,26 @@ def _usage(policy: Policy) -> dict[str, Any]:
     return client.stats() if client is not None and hasattr(client, "stats") else {}
 
 
+class TokenMeter:
+    """Model tokens a policy has spent since this meter was made (0 for policies without a
+    metered client), checked against the budget between simulations and between steps."""
+
+    def __init__(self, policy: Policy, limit: int | None) -> None:
+        self.policy, self.limit = policy, limit
+        self.start = self._total()
+
+    def _total(self) -> int:
+        usage = _usage(self.policy)
+        return usage.get("tokens_in", 0) + usage.get("tokens_out", 0) if usage else 0
+
+    def left(self) -> int | None:
+        return None if self.limit is None else self.limit - (self._total() - self.start)
+
+    def spent(self) -> bool:
+        left = self.left()
+        return left is not None and left <= 0
+
+
 def sample_rollouts(
     env: Environment, task: TaskSpec, policy: Policy, settings: SearchSettings, seed: int
 ) -> SearchResult:
@@ -277,10 +300,11 @@ def sample_rollouts(
     n = 1 if settings.method == "rollout" else settings.samples
     result = SearchResult(paths=[])
     rng = random.Random(seed)
+    tokens = TokenMeter(policy, settings.budget.tokens)
     for sample in range(n):
         left = settings.budget.env_steps - result.env_steps
         wall_left = settings.budget.wall_s - (time.monotonic() - start)
-        if left <= 0 or wall_left <= 0:
+        if left <= 0 or wall_left <= 0 or tokens.spent():
             break
         ep = rollout(
             env,
@@ -289,6 +313,7 @@ def sample_rollouts(
             seed=rng.randrange(2**63),
             max_steps=min(settings.max_steps, left),
             timeout_s=wall_left,
+            out_of_tokens=tokens.spent,
         )
         result.instruction = ep.instruction
         result.env_steps += ep.env_steps
@@ -324,9 +349,13 @@ class MCTS:
         root.admissible = first.admissible
         self.root = root
         sims, stop = 0, "simulations"
+        tokens = TokenMeter(self.policy, budget.tokens)
         while sims < budget.simulations:
             if time.monotonic() - start > budget.wall_s:
                 stop = "wall_s"
+                break
+            if tokens.spent():
+                stop = "tokens"
                 break
             try:
                 self._simulate(root)

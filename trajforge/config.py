@@ -33,6 +33,9 @@ class BudgetConfig(BaseModel):
     env_steps: int = Field(400, ge=1, description="environment steps per task and policy")
     simulations: int = Field(10_000, ge=1, description="MCTS simulations per task")
     wall_s: float = Field(300.0, gt=0, description="wall time per task and policy")
+    tokens: int | None = Field(
+        None, ge=1, description="model tokens (in + out) per task and policy; none: no limit"
+    )
 
 
 class MCTSConfig(BaseModel):
@@ -134,7 +137,9 @@ class RunConfig(BaseModel):
             method=self.search,
             max_steps=self.max_steps,
             samples=self.sample_count,
-            budget=Budget(self.budget.env_steps, self.budget.simulations, self.budget.wall_s),
+            budget=Budget(
+                self.budget.env_steps, self.budget.simulations, self.budget.wall_s, self.budget.tokens
+            ),
             mcts=MCTSSettings(m.expand_k, m.c_puct, m.rollout_depth, m.branching),
         )
 

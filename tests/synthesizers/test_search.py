@@ -127,3 +127,47 @@ def test_oracle_rollouts_inside_mcts_read_the_right_state():
         )
         result = search(ToyEnvironment(max_length=6), TASK, OraclePolicy(), settings, seed=1)
         assert result.paths[0].success and len(result.paths[0].steps) == 7  # the shortest solution
+
+
+class MeteredRandom(RandomPolicy):
+    """The random policy, charged 100 tokens per action by a meter shaped like a model client's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spent = 0
+        self.client = self
+
+    def stats(self) -> dict:
+        return {"tokens_in": self.spent, "tokens_out": 0, "cost_usd": 0.0, "calls": 0, "cached_calls": 0}
+
+    def act(self, ctx):
+        self.spent += 100
+        return super().act(ctx)
+
+
+@pytest.mark.parametrize("method", ["best_of_n", "mcts"])
+def test_a_token_budget_stops_the_search(method):
+    settings = SearchSettings(
+        method=method,
+        max_steps=20,
+        samples=50,
+        budget=Budget(env_steps=400, tokens=1000),
+        mcts=MCTSSettings(),
+    )
+    unbounded = search(
+        ToyEnvironment(max_length=6),
+        TASK,
+        MeteredRandom(),
+        SearchSettings(
+            method=method, max_steps=20, samples=50, budget=Budget(env_steps=400), mcts=MCTSSettings()
+        ),
+        seed=3,
+    )
+    bounded = search(ToyEnvironment(max_length=6), TASK, MeteredRandom(), settings, seed=3)
+    assert unbounded.tokens_in > 2000
+    # Checked between steps: at most one action's tokens past the limit.
+    assert 1000 <= bounded.tokens_in <= 1100
+    if method == "mcts":
+        assert bounded.stop_reason == "tokens"
+    else:
+        assert bounded.paths[-1].stop_reason == "tokens" or len(bounded.paths) < 50
