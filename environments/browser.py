@@ -1,6 +1,8 @@
-"""A sandboxed Chromium behind the Environment protocol (Playwright's sync API).
+"""A sandboxed Chromium behind the Environment protocol.
 
-Each environment owns one Chromium process and opens one fresh BrowserContext per episode.
+A process runs one Chromium (`BrowserPool`, Playwright's async API on a thread of its own);
+each environment opens one fresh BrowserContext per episode in it, so environments in several
+threads have their episodes in flight in one browser at once.
 Observations are the page's accessibility tree (`aria_snapshot`) plus a list of the
 interactive elements, each tagged in the DOM with `data-tf-ref="eN"`. Actions are strings:
 
@@ -14,17 +16,17 @@ redirects (which routing does not see) and any other channel hit a per-context p
 cannot resolve, bypassed only for the allowed host:ports; WebSockets are refused; service
 workers blocked; downloads refused; popups closed. Every attempt counts in `blocked_requests`.
 
-Crashes: when Chromium or the page dies, the episode is replayed once in a fresh browser
-(reset plus the actions so far, so episodes must be deterministic); a second death raises
-EnvironmentFailure. A step that hangs longer than `step_timeout_s` kills Chromium, which
-turns the hang into such a crash.
-
-The sync API allows one Playwright driver per thread: environments in the same thread share
-it (each still with its own Chromium), and an environment must be used from one thread.
+Crashes: when Chromium or the page dies, the episode is replayed once (reset plus the
+actions so far, so episodes must be deterministic) in a fresh context, in a fresh browser if
+the browser died; a second death raises EnvironmentFailure. A step that hangs longer than
+`step_timeout_s` loses its context and is replayed the same way. Killing Chromium kills every
+episode in it; each is replayed by its own environment.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -32,8 +34,8 @@ import re
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,6 +65,7 @@ _REFUSED_MESSAGES = (
     "Service Worker registration blocked",
 )
 _ERROR_PAGE = "chrome-error://"
+_CLOSE_TIMEOUT_S = 5.0  # closing a context or browser that died may never answer
 
 # Tags interactive elements with data-tf-ref (kept across observations) and describes them.
 _ELEMENTS_JS = """
@@ -292,10 +295,12 @@ def process_tree(pid: int) -> list[int]:
 
 
 def _is_chromium(pid: int) -> bool:
+    """By the program's name (argv[0]), not its arguments: a path may mention chromium."""
     try:
-        return b"chrom" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
     except OSError:
         return False
+    return b"chrom" in program.rsplit(b"/", 1)[-1]
 
 
 def _kill(pids: list[int]) -> None:
@@ -305,41 +310,140 @@ def _kill(pids: list[int]) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-# ---- the Playwright driver ------------------------------------------------------------------
-
-
-class _Driver:
-    """The per-thread Playwright driver, shared by the environments of that thread."""
-
-    _local = threading.local()
-
-    @classmethod
-    def acquire(cls) -> Any:
-        if getattr(cls._local, "users", 0) == 0:
-            try:
-                from playwright.sync_api import sync_playwright
-            except ImportError as exc:
-                raise ConfigError(
-                    "env: the browser environments need Playwright; pip install 'trajforge[web]'"
-                ) from exc
-            cls._local.playwright = sync_playwright().start()
-            cls._local.users = 0
-        cls._local.users += 1
-        return cls._local.playwright
-
-    @classmethod
-    def release(cls) -> None:
-        if getattr(cls._local, "users", 0) == 0:
-            return  # another thread's driver: it cannot be touched from here
-        cls._local.users -= 1
-        if cls._local.users == 0:
-            with suppress(Exception):
-                cls._local.playwright.stop()
-            cls._local.playwright = None
+# ---- the browser pool -----------------------------------------------------------------------
 
 
 class _Died(Exception):
-    """Chromium or the page is gone: the episode may be replayed in a fresh browser."""
+    """Chromium or the page is gone (or a step hung): the episode may be replayed."""
+
+
+class _Hung(_Died):
+    """No answer from the browser in time."""
+
+
+class BrowserPool:
+    """One Chromium per process (and per executable/headless), driven by Playwright's async API
+    on a thread of its own. Environments in any thread open their contexts on it, so the
+    episodes of several threads are in flight in one browser at once. When Chromium dies the
+    next episode launches a new one; when the last environment lets go, it stops."""
+
+    _pools: dict[tuple[str, bool], BrowserPool] = {}
+    _pools_lock = threading.Lock()
+
+    @classmethod
+    def acquire(cls, executable_path: str, headless: bool, launch_timeout_s: float) -> BrowserPool:
+        with cls._pools_lock:
+            pool = cls._pools.get((executable_path, headless))
+            if pool is None:
+                pool = cls._pools[(executable_path, headless)] = cls(
+                    executable_path, headless, launch_timeout_s
+                )
+            pool._users += 1
+            return pool
+
+    def __init__(self, executable_path: str, headless: bool, launch_timeout_s: float) -> None:
+        self.executable_path, self.headless, self.launch_timeout_s = (
+            executable_path,
+            headless,
+            launch_timeout_s,
+        )
+        self._users = 0
+        self._browser: Any = None
+        self.browser_pid: int | None = None
+        self.launches = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="browser-pool", daemon=True)
+        self._thread.start()
+        self._launching = asyncio.Lock()
+        try:
+            self._playwright = self.run(self._start_playwright(), launch_timeout_s)
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    async def _start_playwright(self) -> Any:
+        try:
+            from playwright.async_api import async_playwright
+        except ImportError as exc:
+            raise ConfigError(
+                "env: the browser environments need Playwright; pip install 'trajforge[web]'"
+            ) from exc
+        return await async_playwright().start()
+
+    def run(self, coro: Any, timeout_s: float) -> Any:
+        """Run a coroutine on the pool's loop and wait at most timeout_s for it (_Died if it hangs)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise _Hung(f"no answer within {timeout_s:g}s") from exc
+
+    async def browser(self) -> Any:
+        """The running Chromium, launched (again) if there is none or it died."""
+        async with self._launching:
+            if self._browser is None or not self._browser.is_connected():
+                await self._launch()
+            return self._browser
+
+    async def _launch(self) -> None:
+        from playwright.async_api import Error as PlaywrightError
+
+        old, self._browser = self._browser, None
+        if old is not None:  # closing a killed browser can wait forever: bounded, then killed
+            with suppress(Exception):
+                await asyncio.wait_for(old.close(), _CLOSE_TIMEOUT_S)
+        self._kill_tree()
+        try:
+            browser = await self._playwright.chromium.launch(
+                executable_path=self.executable_path,
+                headless=self.headless,
+                args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {_DEAD_PROXY_HOST} ~NOTFOUND"],
+                timeout=self.launch_timeout_s * 1000,
+            )
+            cdp = await browser.new_browser_cdp_session()
+            processes = (await cdp.send("SystemInfo.getProcessInfo"))["processInfo"]
+            await cdp.detach()
+        except PlaywrightError as exc:
+            raise EnvironmentFailure(f"could not launch Chromium: {_first_line(exc)}") from exc
+        self._browser, self.launches = browser, self.launches + 1
+        self.browser_pid = next(p["id"] for p in processes if p["type"] == "browser")
+
+    def pids(self) -> list[int]:
+        """The running Chromium's processes (the browser first), empty when none runs."""
+        return process_tree(self.browser_pid) if self.browser_pid else []
+
+    def kill(self) -> None:
+        """SIGKILL Chromium: every episode in it is replayed by its environment."""
+        if self.browser_pid:
+            _kill([self.browser_pid])
+
+    def _kill_tree(self) -> None:
+        _kill(self.pids())  # whatever a dead or closed browser left behind
+        self.browser_pid = None
+
+    def release(self) -> None:
+        with self._pools_lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+            self._pools.pop((self.executable_path, self.headless), None)
+        pids = self.pids()
+        with suppress(Exception):
+            self.run(self._shutdown(), self.launch_timeout_s)
+        _kill(pids)
+        self._stop_loop()
+
+    async def _shutdown(self) -> None:
+        if self._browser is not None:
+            with suppress(Exception):
+                await asyncio.wait_for(self._browser.close(), _CLOSE_TIMEOUT_S)
+        with suppress(Exception):
+            await self._playwright.stop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
 
 
 # ---- the environment ------------------------------------------------------------------------
@@ -348,8 +452,8 @@ class _Died(Exception):
 class BrowserEnvironment:
     """A sandboxed browser on `start_urls` (one task per URL; the instruction comes with the task).
 
-    Subclasses adapt it to a web app by overriding `_allowed`, `_begin`, `_judge`,
-    `_type_values` and `_display_url`.
+    Subclasses adapt it to a web app by overriding `_allowed`, `_begin`, `_judge` (coroutines
+    on the page), `_type_values` and `_display_url`.
     """
 
     name = "browser"
@@ -381,9 +485,7 @@ class BrowserEnvironment:
         self.headless = headless
         self.executable_path = _find_chromium(executable_path)
         self.viewport = {"width": int(viewport[0]), "height": int(viewport[1])}
-        self._driver: Any = None
-        self._browser: Any = None
-        self._browser_pid: int | None = None
+        self._pool: BrowserPool | None = None
         self._context: Any = None
         self._page: Any = None
         self._crashed = False
@@ -408,12 +510,12 @@ class BrowserEnvironment:
         """Origins the page may reach (evaluated at each episode)."""
         return self.allowed_origins
 
-    def _begin(self, page: Any, task: TaskSpec) -> str:
+    async def _begin(self, page: Any, task: TaskSpec) -> str:
         """Open the task's page and return its instruction."""
-        page.goto(task.env_task, wait_until="load")
+        await page.goto(task.env_task, wait_until="load")
         return task.instruction
 
-    def _judge(self, page: Any) -> tuple[float, bool, bool | None, dict[str, Any]]:
+    async def _judge(self, page: Any) -> tuple[float, bool, bool | None, dict[str, Any]]:
         """(reward, done, success, info) after an action."""
         return 0.0, False, None, {}
 
@@ -434,17 +536,17 @@ class BrowserEnvironment:
     def reset(self, task: TaskSpec) -> Reset:
         self._task, self._actions, self._recovered = task, [], False
         try:
-            return self._start(task)
+            return self._run(self._start(task))
         except _Died as exc:
-            return self._retry(lambda: self._start(task), exc)
+            return self._retry(lambda: self._run(self._start(task)), exc)
 
     def step(self, action: str) -> StepOutcome:
         if self._task is None:
             raise EnvironmentFailure(f"{self.name}: no episode is running; call reset(task) first")
         try:
-            outcome = self._step(action)
+            outcome = self._run(self._step(action))
         except _Died as exc:
-            outcome = self._retry(lambda: self._replay(action), exc)
+            outcome = self._retry(lambda: self._run(self._replay(action)), exc)
         self._actions.append(action)
         return outcome
 
@@ -474,8 +576,12 @@ class BrowserEnvironment:
         raise NotImplementedError(f"{self.name}: no snapshots; branch by replaying from reset")
 
     def close(self) -> None:
-        self._shutdown_browser()
-        self._task = None
+        if self._pool is not None:
+            with suppress(Exception):
+                self._pool.run(self._close_context(), self.navigation_timeout_s)
+            self._pool.release()
+            self._pool = None
+        self._page, self._elements, self._task = None, {}, None
 
     # ---- what callers may inspect ----
 
@@ -489,41 +595,63 @@ class BrowserEnvironment:
         """The interactive elements of the latest observation."""
         return list(self._elements.values())
 
-    @property
-    def page(self) -> Any:
-        """The current Playwright page (for adapters and tests)."""
-        return self._page
+    def on_page(self, work: Callable[[Any], Any]) -> Any:
+        """await work(page) on the browser's loop: the current page, for adapters and tests."""
+
+        async def call() -> Any:
+            return await work(self._page)
+
+        return self._run(call())
 
     def chromium_pids(self) -> list[int]:
         """The running Chromium's processes (the browser first), empty when none runs."""
-        return process_tree(self._browser_pid) if self._browser_pid else []
+        return self._pool.pids() if self._pool else []
 
     def kill_browser(self) -> None:
-        """SIGKILL Chromium (the step watchdog's remedy for a hang; tests use it to crash)."""
-        if self._browser_pid:
-            _kill([self._browser_pid])
+        """SIGKILL Chromium (tests use it to crash every episode in flight)."""
+        if self._pool is not None:
+            self._pool.kill()
 
     # ---- episodes ----
 
-    def _start(self, task: TaskSpec) -> Reset:
-        if self._dead_browser():
-            self._shutdown_browser()
-            self._launch()
+    def _run(self, coro: Any) -> Any:
+        """Run one reset or step on the pool; a step that hangs past step_timeout_s is _Died."""
+        if self._pool is None:
+            try:
+                self._pool = BrowserPool.acquire(
+                    self.executable_path, self.headless, self.navigation_timeout_s
+                )
+            except EnvironmentFailure:
+                coro.close()
+                raise
+        try:
+            return self._pool.run(coro, self.step_timeout_s)
+        except _Hung as exc:
+            with suppress(_Died):  # a hung context goes; the replay opens a fresh one
+                self._pool.run(self._close_context(), 5.0)
+            raise _Died(f"the step hung for more than step_timeout_s={self.step_timeout_s:g}") from exc
+
+    async def _start(self, task: TaskSpec) -> Reset:
         self._done, self._success, self._blocked, self._elements = False, None, 0, {}
-        with self._watchdog(), self._guard(f"reset of {task.env_task!r}"):
-            self._new_page()
-            instruction = self._begin(self._page, task)
-            observation, info = self._settled(self._observe)
+        assert self._pool is not None
+        try:
+            browser = await self._pool.browser()
+        except EnvironmentFailure as exc:
+            raise EnvironmentFailure(f"{self.name}: {exc}") from exc
+        async with self._guard(f"reset of {task.env_task!r}"):
+            await self._new_page(browser)
+            instruction = await self._begin(self._page, task)
+            observation, info = await self._settled(self._observe)
         return Reset(observation, instruction, info)
 
-    def _step(self, action: str) -> StepOutcome:
+    async def _step(self, action: str) -> StepOutcome:
         if self._done:
             return StepOutcome("The episode is over.", 0.0, True, self._success, self._info())
-        with self._watchdog(), self._guard(f"step {action!r}"):
-            error = self._act(action)
-            reward, done, success, extra = self._settled(lambda: self._judge(self._page))
+        async with self._guard(f"step {action!r}"):
+            error = await self._act(action)
+            reward, done, success, extra = await self._settled(lambda: self._judge(self._page))
             self._done, self._success = done, success
-            observation, info = self._settled(self._observe)
+            observation, info = await self._settled(self._observe)
         if error:
             observation = f"Invalid action: {error}\n\n{observation}"
         info.update(extra, valid_action=error is None)
@@ -531,22 +659,19 @@ class BrowserEnvironment:
             info["error"] = error
         return StepOutcome(observation, reward, done, success, info)
 
-    def _replay(self, action: str) -> StepOutcome:
+    async def _replay(self, action: str) -> StepOutcome:
         assert self._task is not None
-        self._start(self._task)
+        await self._start(self._task)
         for previous in self._actions:
-            self._step(previous)
-        return self._step(action)
+            await self._step(previous)
+        return await self._step(action)
 
     def _retry(self, attempt: Callable[[], T], exc: _Died) -> T:
         what = self._task.env_task if self._task else "?"
         if self._recovered:
             raise EnvironmentFailure(f"{self.name}: the browser died again in {what!r}: {exc}") from exc
         self._recovered = True
-        log.warning(
-            "%s: browser died in %r (%s); retrying the episode in a fresh browser", self.name, what, exc
-        )
-        self._shutdown_browser()
+        log.warning("%s: browser died in %r (%s); replaying the episode in a fresh one", self.name, what, exc)
         try:
             return attempt()
         except _Died as again:
@@ -554,34 +679,18 @@ class BrowserEnvironment:
                 f"{self.name}: the browser died twice in {what!r}: {exc}; then: {again}"
             ) from again
 
-    # ---- the browser ----
+    # ---- the context of an episode ----
 
-    def _launch(self) -> None:
-        from playwright.sync_api import Error as PlaywrightError
-
-        try:
-            self._driver = _Driver.acquire()
-            self._browser = self._driver.chromium.launch(
-                executable_path=self.executable_path,
-                headless=self.headless,
-                args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {_DEAD_PROXY_HOST} ~NOTFOUND"],
-                timeout=self.navigation_timeout_s * 1000,
-            )
-            cdp = self._browser.new_browser_cdp_session()
-            processes = cdp.send("SystemInfo.getProcessInfo")["processInfo"]
-            cdp.detach()
-        except PlaywrightError as exc:  # also the sync API refusing a thread that runs an asyncio loop
-            self._shutdown_browser()
-            raise EnvironmentFailure(f"{self.name}: could not launch Chromium: {_first_line(exc)}") from exc
-        self._browser_pid = next(p["id"] for p in processes if p["type"] == "browser")
-        self._crashed = False
-
-    def _new_page(self) -> None:
-        if self._context is not None:
+    async def _close_context(self) -> None:
+        context, self._context, self._page = self._context, None, None
+        if context is not None:
             with suppress(Exception):
-                self._context.close()
+                await asyncio.wait_for(context.close(), _CLOSE_TIMEOUT_S)
+
+    async def _new_page(self, browser: Any) -> None:
+        await self._close_context()
         allowed = self._allowed()
-        self._context = context = self._browser.new_context(
+        self._context = context = await browser.new_context(
             service_workers="block",
             accept_downloads=False,
             viewport=self.viewport,
@@ -591,13 +700,13 @@ class BrowserEnvironment:
         context.set_default_navigation_timeout(self.navigation_timeout_s * 1000)
         allowed_set = set(allowed)
 
-        def abort(route: Any) -> None:
+        async def abort(route: Any) -> None:
             self._blocked += 1
-            route.abort("blockedbyclient")
+            await route.abort("blockedbyclient")
 
-        def refuse_socket(ws: Any) -> None:
+        async def refuse_socket(ws: Any) -> None:
             self._blocked += 1
-            ws.close()
+            await ws.close()
 
         def on_failed(request: Any) -> None:
             # Redirects escape routing; the dead proxy stops them (and anything else that slips).
@@ -606,56 +715,35 @@ class BrowserEnvironment:
                 self._blocked += 1
 
         # A regex is matched in the driver: allowed requests never wait for Python.
-        context.route(_outside(allowed), abort)
-        context.route_web_socket(re.compile(".*"), refuse_socket)
+        await context.route(_outside(allowed), abort)
+        await context.route_web_socket(re.compile(".*"), refuse_socket)
         context.on("requestfailed", on_failed)
-        self._page = page = context.new_page()
+        self._page = page = await context.new_page()
         self._crashed = False
         page.on("crash", lambda _: setattr(self, "_crashed", True))
         page.on("download", lambda _: self._count())
         page.on("console", lambda msg: msg.text.startswith(_REFUSED_MESSAGES) and self._count())
         context.on("page", self._close_popup)  # after our own page, which fires it too
 
-    def _close_popup(self, page: Any) -> None:
+    async def _close_popup(self, page: Any) -> None:
         self._count()
         with suppress(Exception):
-            page.close()
+            await page.close()
 
     def _count(self) -> None:
         self._blocked += 1
 
-    def _dead_browser(self) -> bool:
-        return self._browser is None or not self._browser.is_connected()
-
     def _dead(self) -> bool:
-        return self._dead_browser() or self._crashed or self._page is None or self._page.is_closed()
+        page, context = self._page, self._context
+        browser = context.browser if context is not None else None
+        return (
+            browser is None or not browser.is_connected() or self._crashed or page is None or page.is_closed()
+        )
 
-    def _shutdown_browser(self) -> None:
-        pids = self.chromium_pids()
-        for closable in (self._context, self._browser):
-            if closable is not None:
-                with suppress(Exception):
-                    closable.close()
-        if self._driver is not None:
-            _Driver.release()
-        _kill(pids)  # whatever close() left behind
-        self._driver = self._browser = self._context = self._page = None
-        self._browser_pid, self._elements = None, {}
-
-    @contextmanager
-    def _watchdog(self) -> Iterator[None]:
-        timer = threading.Timer(self.step_timeout_s, self.kill_browser)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-
-    @contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
+    @asynccontextmanager
+    async def _guard(self, what: str) -> AsyncIterator[None]:
         """Playwright errors become _Died (browser gone) or EnvironmentFailure (this item failed)."""
-        from playwright.sync_api import Error as PlaywrightError
+        from playwright.async_api import Error as PlaywrightError
 
         try:
             yield
@@ -666,43 +754,43 @@ class BrowserEnvironment:
 
     # ---- observing and acting ----
 
-    def _settled(self, read: Callable[[], T]) -> T:
+    async def _settled(self, read: Callable[[], Awaitable[T]]) -> T:
         """read() once the page has loaded, again if a navigation replaced the page meanwhile."""
-        from playwright.sync_api import Error as PlaywrightError
+        from playwright.async_api import Error as PlaywrightError
 
         for attempt in range(3):
-            self._page.wait_for_load_state("load")
+            await self._page.wait_for_load_state("load")
             try:
-                return read()
+                return await read()
             except PlaywrightError as exc:
                 if attempt == 2 or self._dead() or "context was destroyed" not in str(exc):
                     raise
         raise AssertionError("unreachable")
 
-    def _observe(self) -> tuple[str, dict[str, Any]]:
+    async def _observe(self) -> tuple[str, dict[str, Any]]:
         page = self._page
-        found = page.evaluate(_ELEMENTS_JS, self.observe_root)
+        found = await page.evaluate(_ELEMENTS_JS, self.observe_root)
         self._elements = {
             e["ref"]: Element(**{**e, "options": tuple(e["options"])}) for e in found["elements"]
         }
         if page.url.startswith(_ERROR_PAGE):
             url, tree = "(this page could not be loaded; it may be outside the sandbox)", ""
         else:
-            url, tree = self._display_url(page.url), page.locator(self.observe_root).aria_snapshot()
+            url, tree = self._display_url(page.url), await page.locator(self.observe_root).aria_snapshot()
         lines = [f"URL: {url}", f"Title: {found['title']}", "", tree, "", "Interactive elements:"]
         lines += [el.describe() for el in self._elements.values()] or ["(none)"]
         info: dict[str, Any] = self._info()
         if self.screenshots:
-            info["screenshot"] = page.screenshot(type="png")
+            info["screenshot"] = await page.screenshot(type="png")
         return "\n".join(lines), info
 
     def _info(self) -> dict[str, Any]:
         url = self._page.url if self._page is not None and not self._page.is_closed() else ""
         return {"blocked_requests": self._blocked, "url": self._display_url(url)}
 
-    def _act(self, text: str) -> str | None:
+    async def _act(self, text: str) -> str | None:
         """Perform an action; what was wrong with it, or None."""
-        from playwright.sync_api import Error as PlaywrightError
+        from playwright.async_api import Error as PlaywrightError
 
         try:
             action = parse_action(text)
@@ -712,39 +800,39 @@ class BrowserEnvironment:
         if action.ref and element is None:
             return f"no element {action.ref} on this page; use a ref from the latest observation"
         try:
-            return self._perform(action, element)
+            return await self._perform(action, element)
         except PlaywrightError as exc:
             if self._dead():
                 raise
             return f"{action.verb} failed: {_first_line(exc)}"
 
-    def _perform(self, action: Action, element: Element | None) -> str | None:
+    async def _perform(self, action: Action, element: Element | None) -> str | None:
         page = self._page
         if action.verb == "press":
-            page.keyboard.press(action.text)
+            await page.keyboard.press(action.text)
         elif action.verb == "scroll":
             sign = -1 if action.text == "up" else 1
-            page.evaluate("(sign) => window.scrollBy(0, sign * window.innerHeight * 0.8)", sign)
+            await page.evaluate("(sign) => window.scrollBy(0, sign * window.innerHeight * 0.8)", sign)
         elif action.verb == "back":
-            if page.go_back(wait_until="load") is None:
+            if await page.go_back(wait_until="load") is None:
                 return "there is no previous page"
         else:
             assert element is not None
             target = page.locator(f'[data-tf-ref="{element.ref}"]')
-            if target.count() != 1:
+            if await target.count() != 1:
                 return f"element {element.ref} is no longer on the page"
             if action.verb == "click":
-                target.click()
+                await target.click()
             elif action.verb == "type":
                 if not element.editable:
                     return f"{element.ref} is a {element.role}, not a text field"
-                target.fill(action.text)
+                await target.fill(action.text)
             elif element.role != "select":
                 return f"{element.ref} is a {element.role}, not a select"
             elif action.text not in element.options:
                 return f"{element.ref} has no option {quote(action.text)}"
             else:
-                target.select_option(label=action.text)
+                await target.select_option(label=action.text)
         return None
 
 

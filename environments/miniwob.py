@@ -177,17 +177,18 @@ class MiniWoBEnvironment(LocalSiteEnvironment):
 
     # ---- the adapter ----
 
-    def _begin(self, page: Any, task: TaskSpec) -> str:
+    async def _begin(self, page: Any, task: TaskSpec) -> str:
         assert self._site is not None
-        page.goto(f"{self._site.origin}/miniwob/{task.env_task}.html", wait_until="load")
+        await page.goto(f"{self._site.origin}/miniwob/{task.env_task}.html", wait_until="load")
         args = {"seed": task.seed, "mode": self.data_mode, "maxTimeMs": int(self.episode_max_time * 1000)}
-        if page.evaluate(_START_JS, args) is not True:
-            page.wait_for_function("() => WOB_TASK_READY === true")
-        instruction, self._values = _fields(task.env_task, page.evaluate("() => core.getUtterance()"))
+        if await page.evaluate(_START_JS, args) is not True:
+            await page.wait_for_function("() => WOB_TASK_READY === true")
+        utterance = await page.evaluate("() => core.getUtterance()")
+        instruction, self._values = _fields(task.env_task, utterance)
         return instruction
 
-    def _judge(self, page: Any) -> tuple[float, bool, bool | None, dict[str, Any]]:
-        done, raw, reason = page.evaluate(_RESULT_JS)
+    async def _judge(self, page: Any) -> tuple[float, bool, bool | None, dict[str, Any]]:
+        done, raw, reason = await page.evaluate(_RESULT_JS)
         if not done:
             return 0.0, False, None, {}
         raw = max(-1.0, min(1.0, float(raw)))

@@ -63,6 +63,7 @@ def run(
     ] = None,
     samples: Annotated[int | None, typer.Option(help="rollouts per task and policy (best_of_n)")] = None,
     max_steps: Annotated[int | None, typer.Option(help="steps per episode")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="searches in flight per worker")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="stage and validate, do not commit")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
 ) -> None:
@@ -86,6 +87,7 @@ def run(
             samples=samples,
             max_steps=max_steps,
             judge=judge,
+            concurrency=concurrency,
         )
         if ctx.args:
             cfg = cfg.model_copy(update={"pipeline_options": cfg.pipeline_options + list(ctx.args)})

@@ -90,15 +90,15 @@ class WebAppEnvironment(LocalSiteEnvironment):
 
     # ---- the adapter ----
 
-    def _begin(self, page: Any, task: TaskSpec) -> str:
+    async def _begin(self, page: Any, task: TaskSpec) -> str:
         assert self._site is not None
         shop = self._site.reset(task.seed)  # a fresh shop each episode: replays are exact
         self._shop_task = make_task(task.env_task, shop, task.seed)
         self._plan_pos = 0
-        page.goto(self._site.origin + "/", wait_until="load")
+        await page.goto(self._site.origin + "/", wait_until="load")
         return self._shop_task.instruction
 
-    def _judge(self, page: Any) -> tuple[float, bool, bool | None, dict[str, Any]]:
+    async def _judge(self, page: Any) -> tuple[float, bool, bool | None, dict[str, Any]]:
         assert self._site is not None and self._shop_task is not None
         with self._site.lock:
             shop = self._site.shop

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +91,45 @@ def test_the_shop_runs_with_verified_successes_on_every_template(cli, tmp_path):
 
     assert {r["env_task"] for r in rows} == set(TEMPLATES)
     assert all(r["success"] and r["verifier_verdict"] == "pass" for r in rows)
+
+
+def _chromium_browsers(root_pid: int) -> list[int]:
+    """Browser processes (Chromium whose parent is not Chromium) under root_pid."""
+    from trajforge.environments.browser import _is_chromium, _parent_pids, process_tree
+
+    parents = _parent_pids()
+    return [
+        pid for pid in process_tree(root_pid) if _is_chromium(pid) and not _is_chromium(parents.get(pid, 0))
+    ]
+
+
+def test_killing_chromium_mid_run_loses_nothing(cli, prefect_api, tmp_path):
+    """Three episodes in flight in one Chromium; it is killed mid-run: each is replayed in a
+    new browser, the run completes, every task has its verified success, nothing failed."""
+    out = tmp_path / "data"
+    args = ["run", "--env", "webapp", "--tasks", "6", "--policy", "oracle", "--concurrency", "3"]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "trajforge.cli", *args, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not _chromium_browsers(run.pid) and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.1)
+        time.sleep(1.0)  # episodes are under way
+        browsers = _chromium_browsers(run.pid)
+        assert browsers, "no Chromium appeared"
+        for pid in browsers:
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=600)
+    finally:
+        run.kill()
+    assert run.returncode == 0, stderr + stdout
+    assert "replaying the episode" in stderr  # the killed episodes were retried
+    rows = sql_json(cli, out, "SELECT count(*) AS n, bool_and(success) AS all_solved FROM trajectories")
+    assert rows == [{"n": 6, "all_solved": True}]
+    assert sql_json(cli, out, "SELECT count(*) AS n FROM failures") == [{"n": 0}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -121,6 +122,14 @@ def chromium_pids() -> set[int]:
     return {int(pid) for pid in found.split()}
 
 
+async def pages_open(page) -> int:  # type: ignore[no-untyped-def]
+    return len(page.context.pages)
+
+
+def count(env: BrowserEnvironment) -> str:
+    return env.on_page(lambda page: page.inner_text("#n"))
+
+
 def ref(env: BrowserEnvironment, name: str) -> str:
     return next(e.ref for e in env.elements if e.name == name)
 
@@ -130,20 +139,20 @@ def test_nothing_reaches_a_second_server(servers):
     env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/"])
     try:
         env.reset(env.task_specs(1, seed=0)[0])
-        env.page.wait_for_timeout(300)  # let fetch, XHR, WebSocket, beacon and friends fire
+        time.sleep(0.3)  # let fetch, XHR, WebSocket, beacon and friends fire (the browser runs on)
         assert env.blocked_requests > 5
         links = ["navigate", "redirect", "download from B", "download from A", "file scheme", "data scheme"]
         for name in [*links, "popup", "javascript scheme", "submit form"]:
             before = env.blocked_requests
             outcome = env.step(f"click {ref(env, name)}")
-            env.page.wait_for_timeout(150)
+            time.sleep(0.15)
             assert outcome.info["valid_action"], outcome.observation
             assert env.blocked_requests > before, f"{name}: no blocked attempt counted"
             assert outcome.info["blocked_requests"] >= before
             if not outcome.info["url"].startswith(a.origin):
                 assert "outside the sandbox" in outcome.observation
                 env.step("go back")
-        assert len(env.page.context.pages) == 1  # the popup was closed
+        assert env.on_page(pages_open) == 1  # the popup was closed
     finally:
         env.close()
     assert b.connections == 0, b.paths
@@ -156,11 +165,11 @@ def test_a_killed_browser_is_replaced_and_the_episode_replayed_once(servers):
     try:
         env.reset(env.task_specs(1, seed=0)[0])
         env.step(f"click {ref(env, 'add')}")
-        assert env.page.inner_text("#n") == "1"
+        assert count(env) == "1"
         first = env.chromium_pids()
         env.kill_browser()
         outcome = env.step(f"click {ref(env, 'add')}")  # replays the first click, then this one
-        assert outcome.info["valid_action"] and env.page.inner_text("#n") == "2"
+        assert outcome.info["valid_action"] and count(env) == "2"
         assert not any(alive(pid) for pid in first)
 
         env.kill_browser()
@@ -168,7 +177,7 @@ def test_a_killed_browser_is_replaced_and_the_episode_replayed_once(servers):
             env.step(f"click {ref(env, 'add')}")
 
         env.reset(TaskSpec(f"{a.origin}/counter", seed=0))  # a new episode starts a new browser
-        assert env.page.inner_text("#n") == "0"
+        assert count(env) == "0"
     finally:
         pids = env.chromium_pids()
         env.close()
@@ -181,11 +190,11 @@ def test_a_browser_that_dies_during_reset_is_retried_then_given_up(servers, monk
     begin = BrowserEnvironment._begin
     kills = iter([True, False, True, True])
 
-    def dying_begin(self, page, task):  # type: ignore[no-untyped-def]
+    async def dying_begin(self, page, task):  # type: ignore[no-untyped-def]
         if next(kills):
             self.kill_browser()
-            page.wait_for_timeout(100)
-        return begin(self, page, task)
+            await page.wait_for_timeout(100)
+        return await begin(self, page, task)
 
     monkeypatch.setattr(BrowserEnvironment, "_begin", dying_begin)
     task = TaskSpec(f"{a.origin}/counter", seed=0)

@@ -136,16 +136,24 @@ def test_options_are_checked_and_the_environment_is_registered():
     assert pickle.loads(pickle.dumps(env)).tasks == ["click-test"]
 
 
-def test_close_stops_the_server_and_chromium():
-    env = MiniWoBEnvironment(tasks=["click-test"], screenshots=True)
-    reset = env.reset(env.task_specs(1, seed=0)[0])
+def test_environments_share_one_chromium_that_stops_with_the_last(env):
+    env.reset(env.task_specs(1, seed=0)[0])
+    other = MiniWoBEnvironment(tasks=["click-test"], screenshots=True)
+    reset = other.reset(other.task_specs(1, seed=0)[0])
     assert reset.info["screenshot"].startswith(b"\x89PNG")
-    origin = env._allowed()[0]
-    pids = env.chromium_pids()
-    env.close()
-    assert pids and not any(os.path.exists(f"/proc/{pid}") and _running(pid) for pid in pids)
-    with pytest.raises(OSError):
+    origin = other._allowed()[0]
+    pids = other.chromium_pids()
+    assert pids and pids == env.chromium_pids()  # one browser, a context for each episode
+    other.close()
+    with pytest.raises(OSError):  # its own site is gone
         urllib.request.urlopen(f"{origin}/miniwob/click-test.html", timeout=2)
+    assert env.step(f"click {env.elements[0].ref}").info["valid_action"]  # the browser lives on
+    alone = MiniWoBEnvironment(tasks=["click-test"])
+    env.close()  # the module's environment is made again by reset, as after a pickle
+    alone.reset(alone.task_specs(1, seed=0)[0])
+    pids = alone.chromium_pids()
+    alone.close()
+    assert pids and not any(os.path.exists(f"/proc/{pid}") and _running(pid) for pid in pids)
 
 
 def _running(pid: int) -> bool:
