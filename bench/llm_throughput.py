@@ -34,12 +34,14 @@ from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings
 
 
 def fake_app(latency: float, capacity: int) -> FastAPI:
-    """Answers after `latency` seconds, `capacity` at a time; counts requests at GET /stats."""
-    app, state = FastAPI(), {"requests": 0}
+    """Answers after `latency` seconds, `capacity` at a time; GET /stats counts the requests
+    and gives the wall-clock times of the first arrival and of the last answer."""
+    app, state = FastAPI(), {"requests": 0, "first": None, "last": None}
     slots = asyncio.Semaphore(capacity)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
+        state["first"] = state["first"] or time.time()
         body = await request.json()
         words = body["messages"][-1]["content"].split() or [""]
         # Prompt logprobs: a made-up but deterministic likelihood of each word of the last turn.
@@ -52,6 +54,7 @@ def fake_app(latency: float, capacity: int) -> FastAPI:
         async with slots:
             state["requests"] += 1
             await asyncio.sleep(latency)
+        state["last"] = time.time()
         return reply
 
     @app.get("/v1/models")
@@ -100,10 +103,9 @@ class FakeGPUServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    @property
-    def requests(self) -> int:
+    def stats(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=5) as resp:
-            return json.loads(resp.read())["requests"]
+            return json.loads(resp.read())
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
@@ -200,7 +202,10 @@ def main() -> None:
         )
         return
     print(f"\nmodel throughput: latency {args.latency}s, capacity {args.capacity} concurrent requests")
-    print(f"{'stage':<30}{'requests':>9}{'ideal s':>9}{'achieved s':>11}{'ratio':>7}")
+    print("achieved: the stage's wall time, Beam's pipeline set-up and tear-down included;")
+    print("span: from the first request's arrival to the last answer (the server's view)")
+    header = ("stage", "requests", "ideal s", "achieved s", "ratio", "span s", "ratio")
+    print("{:<30}{:>9}{:>9}{:>11}{:>7}{:>8}{:>7}".format(*header))
     rows = trajectories(args.trajectories)
     warm_up_beam()
     stages = {
@@ -214,9 +219,13 @@ def main() -> None:
             t0 = time.perf_counter()
             stage(server.url)
             wall = time.perf_counter() - t0
-            requests = server.requests
-        ideal = requests * args.latency / args.capacity
-        print(f"{name:<30}{requests:>9}{ideal:>9.2f}{wall:>11.2f}{wall / ideal:>6.2f}x")
+            stats = server.stats()
+        ideal = stats["requests"] * args.latency / args.capacity
+        span = stats["last"] - stats["first"]
+        print(
+            f"{name:<30}{stats['requests']:>9}{ideal:>9.2f}{wall:>11.2f}{wall / ideal:>6.2f}x"
+            f"{span:>8.2f}{span / ideal:>6.2f}x"
+        )
 
 
 if __name__ == "__main__":

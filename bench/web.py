@@ -1,5 +1,6 @@
-"""MiniWoB++ throughput: trajforge's Playwright environment (1 and 4 at once) against MiniWoB's
-own gymnasium environment (Selenium + ChromeDriver) on the same tasks and seeds, random policy.
+"""MiniWoB++ throughput: trajforge's Playwright environment (1 and 4 at once, in threads: one
+Chromium for the process, a context per episode) against MiniWoB's own gymnasium environment
+(Selenium + ChromeDriver) on the same tasks and seeds, random policy.
 
     .venv/bin/python bench/web.py [--seeds 2] [--max-steps 8]
 
@@ -21,7 +22,7 @@ from trajforge.synthesizers.rollout import rollout
 
 
 def ours(specs: list[TaskSpec], workers: int, max_steps: int) -> tuple[int, int]:
-    """`workers` environments (one Chromium each), each in its own thread."""
+    """`workers` environments, each in its own thread, their episodes in one shared Chromium."""
     chunks = [specs[i::workers] for i in range(workers)]
     totals = [(0, 0)] * workers
 

@@ -842,6 +842,9 @@ class LocalSiteEnvironment(BrowserEnvironment):
     `_serve()` (an object with `origin` and `close()`) and the task hooks."""
 
     def __init__(self, **browser_options: Any) -> None:
+        for fixed in ("allowed_origins", "start_urls"):
+            if fixed in browser_options:
+                raise ConfigError(f"{fixed}: {self.name} serves its own site and sets it; remove the option")
         super().__init__(**browser_options)
         self._site: Any = None
 

@@ -125,23 +125,13 @@ class MiniWoBEnvironment(LocalSiteEnvironment):
         tasks: list[str] | None = None,
         episode_max_time: float = 86_400.0,
         data_mode: str = "train",
-        screenshots: bool = False,
-        action_timeout_s: float = 5.0,
-        navigation_timeout_s: float = 15.0,
-        step_timeout_s: float = 120.0,
-        headless: bool = True,
-        executable_path: str | None = None,
+        **browser_options: Any,
     ) -> None:
-        super().__init__(
-            screenshots=screenshots,
-            action_timeout_s=action_timeout_s,
-            navigation_timeout_s=navigation_timeout_s,
-            step_timeout_s=step_timeout_s,
-            headless=headless,
-            executable_path=executable_path,
-            viewport=(400, 300),  # the task area is 160x210 px
-        )
-        self._config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        """`browser_options` are BrowserEnvironment's (screenshots, timeouts, headless, ...)."""
+        browser_options.setdefault("viewport", (400, 300))  # the task area is 160x210 px
+        super().__init__(**browser_options)
+        self._config = {"tasks": tasks, "episode_max_time": episode_max_time, "data_mode": data_mode}
+        self._config.update(browser_options)
         self._known = known = set(available_tasks())
         self.tasks = list(DEFAULT_TASKS if tasks is None else tasks)
         unknown = [t for t in self.tasks if t not in known]

@@ -16,25 +16,10 @@ class WebAppEnvironment(LocalSiteEnvironment):
     name = "webapp"
     supports_snapshot = False
 
-    def __init__(
-        self,
-        templates: list[str] | None = None,
-        screenshots: bool = False,
-        action_timeout_s: float = 5.0,
-        navigation_timeout_s: float = 15.0,
-        step_timeout_s: float = 120.0,
-        headless: bool = True,
-        executable_path: str | None = None,
-    ) -> None:
-        super().__init__(
-            screenshots=screenshots,
-            action_timeout_s=action_timeout_s,
-            navigation_timeout_s=navigation_timeout_s,
-            step_timeout_s=step_timeout_s,
-            headless=headless,
-            executable_path=executable_path,
-        )
-        self._config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+    def __init__(self, templates: list[str] | None = None, **browser_options: Any) -> None:
+        """`browser_options` are BrowserEnvironment's (screenshots, timeouts, headless, ...)."""
+        super().__init__(**browser_options)
+        self._config = {"templates": templates, **browser_options}
         self.templates = list(TEMPLATES if templates is None else templates)
         unknown = [t for t in self.templates if t not in TEMPLATES]
         if unknown or not self.templates:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.e2e.helpers import run_counts, sql_json
+from tests.fake_http import JSONHandler, LoopbackServer
 
 
 @pytest.fixture(scope="module")
@@ -139,15 +140,11 @@ class FaultyProxy:
     def __init__(self, upstream: str, seed: int = 7) -> None:
         import random
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         rng, lock, proxy = random.Random(seed), threading.Lock(), self
         self.kinds: list[str] = []
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(JSONHandler):
             def do_GET(self) -> None:  # noqa: N802
                 self._forward(None)
 
@@ -169,12 +166,12 @@ class FaultyProxy:
                 proxy.kinds.append(kind)
                 if kind.startswith("503"):
                     extra = {"Retry-After": "1"} if kind == "503_retry_after" else {}
-                    return self._send(503, b'{"error": {"message": "overloaded"}}', extra)
+                    return self.send_json(503, b'{"error": {"message": "overloaded"}}', extra)
                 if kind == "hang":
                     time.sleep(30)  # longer than the client's timeout
                     return None
                 if kind == "malformed":
-                    return self._send(200, b'{"choices": [{"mess')
+                    return self.send_json(200, b'{"choices": [{"mess')
                 self._forward(body)
 
             def _forward(self, body: bytes | None) -> None:
@@ -185,32 +182,13 @@ class FaultyProxy:
                     headers={"Content-Type": "application/json"},
                 )
                 with urllib.request.urlopen(request, timeout=60) as resp:
-                    self._send(resp.status, resp.read())
+                    self.send_json(resp.status, resp.read())
 
-            def _send(self, status: int, payload: bytes, headers: dict | None = None) -> None:
-                try:
-                    self.send_response(status)
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    pass  # the client gave up on a hung request
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 128
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = LoopbackServer(Handler)
+        self.url = self.server.origin
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 def test_a_run_completes_against_a_faulty_model_server(cli, model_url, tmp_path):

@@ -131,9 +131,21 @@ def test_options_are_checked_and_the_environment_is_registered():
         MiniWoBEnvironment(tasks=["click-buton"])
     with pytest.raises(ConfigError, match="episode_max_time"):
         MiniWoBEnvironment(episode_max_time=10**9)
-    env = registry.make("miniwob", tasks=["click-test"])
+    with pytest.raises(ConfigError, match="start_urls: miniwob serves its own site"):
+        MiniWoBEnvironment(start_urls=["http://example.com/"])
+    with pytest.raises(ConfigError, match="step_timeout_s"):  # a browser option, checked by the browser
+        MiniWoBEnvironment(step_timeout_s=0)
+    with pytest.raises(TypeError, match="colour"):
+        MiniWoBEnvironment(colour="red")
+    env = registry.make("miniwob", tasks=["click-test"], screenshots=True, step_timeout_s=30)
     assert isinstance(env, MiniWoBEnvironment)
-    assert pickle.loads(pickle.dumps(env)).tasks == ["click-test"]
+    copy = pickle.loads(pickle.dumps(env))
+    assert (copy.tasks, copy.screenshots, copy.step_timeout_s, copy.viewport["width"]) == (
+        ["click-test"],
+        True,
+        30.0,
+        400,
+    )
 
 
 def test_environments_share_one_chromium_that_stops_with_the_last(env):

@@ -13,10 +13,11 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from tests.fake_http import JSONHandler, LoopbackServer
 from trajforge.inference.client import (
     ChatRequest,
     CompletionRequest,
@@ -58,13 +59,6 @@ def faulty(prompt: str, attempt: int) -> str:
     return "ok"
 
 
-class _Server(ThreadingHTTPServer):
-    # A backlog of 5 (the default) drops SYNs under a burst; the client then sees a
-    # ConnectTimeout that this server never hears of, and the attempt accounting is off.
-    request_queue_size = 128
-    daemon_threads = True
-
-
 class FakeServer:
     """Answers /v1/completions and /v1/chat/completions by `plan(prompt, attempt)`."""
 
@@ -72,25 +66,20 @@ class FakeServer:
         self.plan = plan
         self.attempts: dict[str, list[tuple[str, float]]] = defaultdict(list)
         self.lock = threading.Lock()
-        self.httpd = _Server(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.httpd = LoopbackServer(self._handler())
+        self.url = f"{self.httpd.origin}/v1"
 
     @property
     def count(self) -> int:
         return sum(len(v) for v in self.attempts.values())
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.stop()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(JSONHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["prompt"] if "prompt" in body else body["messages"][-1]["content"]
@@ -100,13 +89,13 @@ class FakeServer:
                     server.attempts[prompt].append((kind, time.monotonic()))
                 if kind.startswith("503"):
                     headers = {"Retry-After": str(RETRY_AFTER_S)} if kind == "503_retry_after" else {}
-                    return self._send(503, b'{"error": {"message": "overloaded"}}', headers)
+                    return self.send_json(503, b'{"error": {"message": "overloaded"}}', headers)
                 if kind == "hang":
                     time.sleep(HANG_S)
                 if kind == "bad_json":
-                    return self._send(200, b'{"choices": [{"text": "trunc')
+                    return self.send_json(200, b'{"choices": [{"text": "trunc')
                 if kind == "missing_field":
-                    return self._send(200, json.dumps({"choices": [{"index": 0}]}).encode())
+                    return self.send_json(200, json.dumps({"choices": [{"index": 0}]}).encode())
                 text = f"echo {prompt}"
                 choice = {"index": 0, "finish_reason": "stop"}
                 choice |= (
@@ -115,21 +104,9 @@ class FakeServer:
                     else {"message": {"role": "assistant", "content": text}}
                 )
                 usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
-                self._send(
+                self.send_json(
                     200, json.dumps({"model": body["model"], "choices": [choice], "usage": usage}).encode()
                 )
-
-            def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
-                try:
-                    self.send_response(status)
-                    for key, value in (headers or {}).items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    pass  # the client gave up on a hung request
 
         return Handler
 
