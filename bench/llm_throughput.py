@@ -170,6 +170,14 @@ def warm_up_beam() -> None:
         _ = p | beam.Create([1]) | beam.Map(lambda x: x)
 
 
+def beam_alone(rows: list[dict]) -> float:
+    """The baseline: a pipeline over the same rows that asks no model (Beam's own cost)."""
+    t0 = time.perf_counter()
+    with beam.Pipeline(argv=["--runner=FnApiRunner"]) as p:
+        _ = p | beam.Create(rows) | beam.Map(len)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--latency", type=float, default=0.25)
@@ -208,6 +216,7 @@ def main() -> None:
     print("{:<30}{:>9}{:>9}{:>11}{:>7}{:>8}{:>7}".format(*header))
     rows = trajectories(args.trajectories)
     warm_up_beam()
+    baseline = beam_alone(rows)
     stages = {
         f"verifier ({args.trajectories} traj)": lambda url: verifier_stage(url, rows, args.in_flight),
         f"mcts ({args.searches} searches)": lambda url: mcts_searches(
@@ -226,6 +235,7 @@ def main() -> None:
             f"{name:<30}{stats['requests']:>9}{ideal:>9.2f}{wall:>11.2f}{wall / ideal:>6.2f}x"
             f"{span:>8.2f}{span / ideal:>6.2f}x"
         )
+    print(f"baseline: Beam alone over the same {len(rows)} rows, no model: {baseline:.2f} s")
 
 
 if __name__ == "__main__":
