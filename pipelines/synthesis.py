@@ -146,6 +146,19 @@ class Search(_EnvDoFn):
                 self._opened.append(policies[spec])
         return policies[spec]
 
+    def critic(self) -> Any:
+        """The thread's critic model (Agent Q's AI feedback), when MCTS mixes one in."""
+        m = self.settings.mcts
+        if self.settings.method != "mcts" or m.critic_weight <= 0 or not m.critic:
+            return None
+        if getattr(self._local, "critic", None) is None:
+            from trajforge.validators.critic import make_critic
+
+            self._local.critic = make_critic(m.critic, **self.options.get("model", {}))
+            with self._lock:
+                self._opened.append(self._local.critic)
+        return self._local.critic
+
     def start_bundle(self) -> None:
         self._pending = []
 
@@ -185,6 +198,7 @@ class Search(_EnvDoFn):
                     self.policy(policy_spec),
                     self.settings,
                     seed,
+                    self.critic(),
                 )
         except Exception as exc:  # noqa: BLE001 - one item fails, not the run
             fid = ids.content_id("failure", task=task["task_id"], policy=policy_spec, key=key)
@@ -226,6 +240,7 @@ class Search(_EnvDoFn):
                             reward=node.reward,
                             terminal=node.terminal,
                             run_id=self.run_id,
+                            critic=node.critic,
                         ).row(),
                     )
                 )

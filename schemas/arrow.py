@@ -118,6 +118,7 @@ NODES = pa.schema(
         ("reward", pa.float64()),
         ("terminal", pa.bool_()),
         ("run_id", pa.string()),
+        ("critic", pa.float64()),
     ]
 )
 

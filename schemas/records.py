@@ -113,6 +113,7 @@ class TreeNode(Record):
     reward: float
     terminal: bool
     run_id: str | None = None
+    critic: float | None = None  # the critic's value of the action (MCTS with AI feedback)
 
 
 class Artifact(Record):

@@ -3,7 +3,8 @@ point (`search`) and one budget, so their comparisons are fair.
 
 MCTS (as in Agent Q): PUCT selection with the policy's priors (uniform when it has none),
 lazy expansion of up to k candidate actions per node, leaf evaluation by a short rollout of
-the policy, backup of returns, terminal rewards from the environment's own verifier.
+the policy, backup of returns, terminal rewards from the environment's own verifier. With a
+critic (AI feedback), selection uses (1 - w) * Q + w * the critic's value of each action.
 Branching restores the environment's snapshot when it has one, otherwise replays the action
 prefix from reset; every node caches its observation, so no prefix is stepped twice.
 """
@@ -14,7 +15,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from trajforge.environments.base import Environment, Reset, StepOutcome, TaskSpec
 from trajforge.schemas import ids
@@ -41,6 +42,16 @@ class MCTSSettings:
     c_puct: float = 0.5
     rollout_depth: int = 1
     branching: Branching = "auto"
+    critic_weight: float = 0.0  # w of the critic's values in selection (0: no critic)
+    critic: str | None = None  # the critic's model spec (part of the search's identity)
+
+
+class Critic(Protocol):
+    """Values in [0, 1] for a node's candidate actions ({}: no opinion); validators.critic."""
+
+    client: Any
+
+    def values(self, instruction: str, observation: str, actions: list[str]) -> dict[str, float]: ...
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,7 @@ class Node:
     visits: int = 0
     value_sum: float = 0.0  # sum of returns after this node
     children: list[Node] | None = None
+    critic: float | None = None  # the critic's value of the action that leads here
 
     @property
     def depth(self) -> int:
@@ -241,6 +253,8 @@ def search_key(settings: SearchSettings) -> dict[str, Any]:
     if settings.method == "mcts":
         m = settings.mcts
         key["mcts"] = {"expand_k": m.expand_k, "c_puct": m.c_puct, "rollout_depth": m.rollout_depth}
+        if m.critic_weight > 0:  # only when used: ids of searches without a critic stay as they were
+            key["mcts"] |= {"critic_weight": m.critic_weight, "critic": m.critic}
     return key
 
 
@@ -250,14 +264,22 @@ def search_seed(task_id: str, policy: str, settings: SearchSettings) -> int:
 
 
 def search(
-    env: Environment, task: TaskSpec, policy: Policy, settings: SearchSettings, seed: int
+    env: Environment,
+    task: TaskSpec,
+    policy: Policy,
+    settings: SearchSettings,
+    seed: int,
+    critic: Critic | None = None,
 ) -> SearchResult:
-    before = _usage(policy)
+    """`critic` is used by MCTS when settings.mcts.critic_weight > 0; its tokens count as the
+    search's, like the policy's."""
+    metered = [policy, critic] if critic is not None else [policy]
+    before = _usage(*metered)
     if settings.method == "mcts":
-        result = MCTS(env, task, policy, settings, seed).run()
+        result = MCTS(env, task, policy, settings, seed, critic).run()
     else:
         result = sample_rollouts(env, task, policy, settings, seed)
-    after = _usage(policy)
+    after = _usage(*metered)
     if after:  # a model policy: its client metered every call, priors and retries included
         result.tokens_in = after["tokens_in"] - before["tokens_in"]
         result.tokens_out = after["tokens_out"] - before["tokens_out"]
@@ -267,21 +289,28 @@ def search(
     return result
 
 
-def _usage(policy: Policy) -> dict[str, Any]:
-    client = getattr(policy, "client", None)
-    return client.stats() if client is not None and hasattr(client, "stats") else {}
+def _usage(*users: Any) -> dict[str, Any]:
+    """The summed stats of the metered model clients of a policy (and a critic); {} if none."""
+    total: dict[str, Any] = {}
+    for user in users:
+        client = getattr(user, "client", None)
+        if client is not None and hasattr(client, "stats"):
+            for key, value in client.stats().items():
+                if isinstance(value, int | float):  # not e.g. the circuit breaker's state
+                    total[key] = total.get(key, 0) + value
+    return total
 
 
 class TokenMeter:
-    """Model tokens a policy has spent since this meter was made (0 for policies without a
+    """Model tokens a policy (and a critic) spent since this meter was made (0 without a
     metered client), checked against the budget between simulations and between steps."""
 
-    def __init__(self, policy: Policy, limit: int | None) -> None:
-        self.policy, self.limit = policy, limit
+    def __init__(self, policy: Policy, limit: int | None, critic: Critic | None = None) -> None:
+        self.users, self.limit = [policy, critic], limit
         self.start = self._total()
 
     def _total(self) -> int:
-        usage = _usage(self.policy)
+        usage = _usage(*self.users)
         return usage.get("tokens_in", 0) + usage.get("tokens_out", 0) if usage else 0
 
     def left(self) -> int | None:
@@ -331,9 +360,18 @@ def _path_rank(p: Path_) -> tuple:
 
 
 class MCTS:
-    def __init__(self, env: Environment, task: TaskSpec, policy: Policy, settings: SearchSettings, seed: int):
+    def __init__(
+        self,
+        env: Environment,
+        task: TaskSpec,
+        policy: Policy,
+        settings: SearchSettings,
+        seed: int,
+        critic: Critic | None = None,
+    ):
         self.env, self.policy, self.settings = env, policy, settings
         self.cfg = settings.mcts
+        self.critic = critic if self.cfg.critic_weight > 0 else None
         self.rng = random.Random(seed)
         self.nav = Navigator(env, task, self.cfg.branching, settings.budget.env_steps)
         self.terminal_paths: dict[tuple[str, ...], Path_] = {}
@@ -349,7 +387,7 @@ class MCTS:
         root.admissible = first.admissible
         self.root = root
         sims, stop = 0, "simulations"
-        tokens = TokenMeter(self.policy, budget.tokens)
+        tokens = TokenMeter(self.policy, budget.tokens, self.critic)
         while sims < budget.simulations:
             if time.monotonic() - start > budget.wall_s:
                 stop = "wall_s"
@@ -409,14 +447,22 @@ class MCTS:
                 actions = sorted(self.rng.sample(actions, self.cfg.expand_k))
         weights = [priors.get(a, 0.0) for a in actions] if priors else [1.0] * len(actions)
         total = sum(weights) or 1.0
+        feedback = self.critic.values(self.instruction, node.observation, actions) if self.critic else {}
         return [
-            Node(path=(*node.path, a), parent=node, prior=w / total)
+            Node(path=(*node.path, a), parent=node, prior=w / total, critic=feedback.get(a))
             for a, w in zip(actions, weights, strict=True)
         ]
 
     def _select(self, node: Node) -> Node:
         scale = self.cfg.c_puct * math.sqrt(node.visits + 1)
-        return max(node.children or [], key=lambda c: c.q + scale * c.prior / (1 + c.visits))
+        return max(node.children or [], key=lambda c: self._q(c) + scale * c.prior / (1 + c.visits))
+
+    def _q(self, node: Node) -> float:
+        """The tree's Q, mixed with the critic's value where it gave one (Agent Q)."""
+        if node.critic is None:
+            return node.q
+        w = self.cfg.critic_weight
+        return (1 - w) * node.q + w * node.critic
 
     def _step_into(self, parent: Node, child: Node) -> None:
         visit = self.nav.visit(parent.path, child.action or "")

@@ -93,3 +93,20 @@ def cli(prefect_api) -> object:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random Llama with its own tokenizer, built locally (no hub), once per session."""
+    from trajforge.inference.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_model) -> Iterator[object]:
+    """`trajforge serve-model`'s CPU server over the tiny model, on loopback."""
+    from trajforge.inference.serve import start_server
+
+    with start_server(tiny_model, engine="transformers") as server:
+        yield server

@@ -124,6 +124,11 @@ def _check_runnable(cfg: Any) -> None:
         check_spec(spec)
     if cfg.critique and not cfg.judge:
         raise ConfigError("critique: needs a judge model; set 'judge' (or --judge SPEC) too")
+    if cfg.mcts.critic_weight > 0 and not cfg.judge:
+        raise ConfigError(
+            "mcts.critic_weight: the critic is the judge model; set 'judge' (or --judge SPEC) too, "
+            "or set mcts.critic_weight: 0"
+        )
     if cfg.judge:
         try:
             check_spec(cfg.judge)

@@ -46,6 +46,12 @@ class MCTSConfig(BaseModel):
     branching: Literal["auto", "snapshot", "replay"] = "auto"
     pair_gap: float = Field(0.1, ge=0, description="least Q gap of a sibling preference pair")
     keep_terminal_paths: bool = Field(False, description="store every distinct terminal path")
+    critic_weight: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="weight of the judge's values of a node's actions in MCTS selection (needs judge)",
+    )
 
 
 class ModelConfig(BaseModel):
@@ -140,7 +146,14 @@ class RunConfig(BaseModel):
             budget=Budget(
                 self.budget.env_steps, self.budget.simulations, self.budget.wall_s, self.budget.tokens
             ),
-            mcts=MCTSSettings(m.expand_k, m.c_puct, m.rollout_depth, m.branching),
+            mcts=MCTSSettings(
+                m.expand_k,
+                m.c_puct,
+                m.rollout_depth,
+                m.branching,
+                m.critic_weight,
+                self.judge if m.critic_weight > 0 else None,
+            ),
         )
 
 

@@ -133,6 +133,36 @@ def test_the_judge_stage_scores_every_trajectory_and_critiques_failures(cli, mod
     assert counts.get("judge:tp", 0) + counts.get("judge:fn", 0) == sum(t["success"] for t in trajs)
 
 
+def test_mcts_with_the_judge_as_critic_stores_its_values_on_nodes(cli, model_url, tmp_path):
+    out = tmp_path / "data"
+    config = tmp_path / "critic.yaml"
+    settings = {
+        "envs": ["toy"],
+        "tasks": 2,
+        "max_steps": 6,
+        "search": "mcts",
+        "policies": ["random"],
+        "budget": {"env_steps": 40, "simulations": 15},
+        "judge": f"openai:{model_url}#tiny",
+        "mcts": {"critic_weight": 0.3},
+    }
+    config.write_text(json.dumps(settings))
+    result = cli("run", "--config", str(config), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    nodes = sql_json(
+        cli, out, "SELECT count(critic) AS valued, max(critic) AS top, min(critic) AS low FROM nodes"
+    )[0]
+    assert nodes["valued"] > 0 and nodes["top"] == 1.0 and 0 < nodes["low"] <= 1
+    # The critic's tokens are the search's: the random policy itself asks no model.
+    [row] = sql_json(cli, out, "SELECT sum(tokens_in) AS t, sum(model_calls) AS calls FROM trajectories")
+    assert row["t"] > 0 and row["calls"] > 0
+
+    config.write_text(json.dumps({**settings, "judge": None}))
+    refused = cli("run", "--config", str(config), "--out", str(tmp_path / "none"))
+    assert refused.returncode == 2 and "mcts.critic_weight" in refused.stderr
+    assert not (tmp_path / "none").exists()
+
+
 class FaultyProxy:
     """Stands in front of the model server: 30% 503 (half with Retry-After), 10% hangs, 10%
     malformed JSON; the rest are forwarded. Loopback only; stops with the test."""

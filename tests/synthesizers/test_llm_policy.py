@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,8 +19,7 @@ from trajforge.inference.client import (
     Response,
     Usage,
 )
-from trajforge.inference.serve import ServerHandle, start_server
-from trajforge.inference.tiny import build_tiny_model
+from trajforge.inference.serve import ServerHandle
 from trajforge.schemas.conversation import SYSTEM_PROMPT
 from trajforge.synthesizers.llm_policy import LLMPolicy, make_llm_policy, match_admissible, parse_react
 from trajforge.synthesizers.policies import Context
@@ -30,15 +28,9 @@ from trajforge.synthesizers.rollout import rollout
 TASK = TaskSpec("corridor-3-1", seed=7)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-policy")
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model) -> Iterator[ServerHandle]:
-    with start_server(tiny_model, engine="transformers") as handle:
-        yield handle
+@pytest.fixture
+def server(tiny_server) -> ServerHandle:
+    return tiny_server
 
 
 class CheckedToy(ToyEnvironment):

@@ -171,3 +171,54 @@ def test_a_token_budget_stops_the_search(method):
         assert bounded.stop_reason == "tokens"
     else:
         assert bounded.paths[-1].stop_reason == "tokens" or len(bounded.paths) < 50
+
+
+class CorridorCritic:
+    """A critic that knows the corridor: it values the move towards the key, then the door."""
+
+    client = None
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def values(self, instruction, observation, actions):
+        self.calls += 1
+        has_key = "You carry a key" in observation
+        best = "take key" if "take key" in actions else "open door" if "open door" in actions else None
+        room = int(observation.split("room ")[1].split(" ")[0])
+        best = best or ("go east" if has_key or room < 3 else "go west")
+        return {a: 1.0 if a == best else 0.2 for a in actions}
+
+
+def test_a_critic_guides_mcts_to_a_success_with_fewer_steps_and_lands_on_nodes():
+    budget = Budget(env_steps=400, simulations=40)
+    plain = mcts(budget=budget)
+    critic = CorridorCritic()
+    settings = SearchSettings(
+        method="mcts",
+        max_steps=20,
+        budget=budget,
+        mcts=MCTSSettings(critic_weight=0.5, critic="test-critic"),
+    )
+    guided = search(ToyEnvironment(max_length=6), TASK, RandomPolicy(), settings, 7, critic)
+    assert guided.paths[0].success and guided.paths[0].steps[-1].action == "open door"
+    assert not plain.paths[0].success  # the same 40 simulations without a critic do not get there
+    assert len(guided.paths[0].steps) == 7  # the shortest solution: 3 east, key, 2 east, door
+    assert critic.calls > 0
+    scored = [n for n in guided.nodes if n.critic is not None]
+    assert scored and all(0 <= n.critic <= 1 for n in scored)
+    on_path = [n for n in guided.nodes if n.depth and n.path == guided.paths[0].key[: n.depth]]
+    assert on_path and all(n.critic == 1.0 for n in on_path)
+
+
+def test_without_weight_the_critic_is_not_asked_and_ids_do_not_change():
+    from trajforge.synthesizers.search import search_key
+
+    critic = CorridorCritic()
+    settings = SearchSettings(method="mcts", max_steps=20, mcts=MCTSSettings(critic="test-critic"))
+    result = search(ToyEnvironment(max_length=6), TASK, RandomPolicy(), settings, 7, critic)
+    assert critic.calls == 0 and all(n.critic is None for n in result.nodes)
+    assert tree(result) == tree(mcts())
+    assert search_key(settings) == search_key(SearchSettings(method="mcts", max_steps=20))
+    weighted = SearchSettings(method="mcts", max_steps=20, mcts=MCTSSettings(critic_weight=0.5))
+    assert search_key(weighted) != search_key(settings)
