@@ -66,6 +66,7 @@ _REFUSED_MESSAGES = (
 )
 _ERROR_PAGE = "chrome-error://"
 _CLOSE_TIMEOUT_S = 5.0  # closing a context or browser that died may never answer
+_PROBE_TIMEOUT_S = 5.0  # a Chromium that answers no CDP call in this time is hung
 
 # Tags interactive elements with data-tf-ref (kept across observations) and describes them.
 _ELEMENTS_JS = """
@@ -303,6 +304,16 @@ def _is_chromium(pid: int) -> bool:
     return b"chrom" in program.rsplit(b"/", 1)[-1]
 
 
+def _alive(pid: int | None) -> bool:
+    """The process runs (a zombie does not); True where /proc cannot tell."""
+    if pid is None or not Path("/proc").is_dir():
+        return pid is not None
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _kill(pids: list[int]) -> None:
     for pid in pids:
         if _is_chromium(pid):  # not a recycled pid
@@ -382,9 +393,27 @@ class BrowserPool:
     async def browser(self) -> Any:
         """The running Chromium, launched (again) if there is none or it died."""
         async with self._launching:
-            if self._browser is None or not self._browser.is_connected():
+            if self._browser is None or not self._browser.is_connected() or not _alive(self.browser_pid):
                 await self._launch()
             return self._browser
+
+    async def _answers(self) -> bool:
+        browser = self._browser
+        if browser is None or not browser.is_connected():
+            return False
+        cdp = await browser.new_browser_cdp_session()
+        await cdp.send("Browser.getVersion")
+        await cdp.detach()
+        return True
+
+    def hung(self) -> bool:
+        """Chromium runs but answers no CDP call within _PROBE_TIMEOUT_S."""
+        try:
+            return not self.run(self._answers(), _PROBE_TIMEOUT_S) and _alive(self.browser_pid)
+        except _Hung:
+            return True
+        except Exception:  # noqa: BLE001 - gone rather than hung: the next episode relaunches it
+            return False
 
     async def _launch(self) -> None:
         from playwright.async_api import Error as PlaywrightError
@@ -627,8 +656,12 @@ class BrowserEnvironment:
         try:
             return self._pool.run(coro, self.step_timeout_s)
         except _Hung as exc:
-            with suppress(_Died):  # a hung context goes; the replay opens a fresh one
-                self._pool.run(self._close_context(), 5.0)
+            if self._pool.hung():  # the browser, not just this page: every episode in it is replayed
+                log.warning("%s: Chromium does not answer; killing it", self.name)
+                self._pool.kill()
+            else:  # a hung context goes; the replay opens a fresh one
+                with suppress(_Died):
+                    self._pool.run(self._close_context(), _CLOSE_TIMEOUT_S)
             raise _Died(f"the step hung for more than step_timeout_s={self.step_timeout_s:g}") from exc
 
     async def _start(self, task: TaskSpec) -> Reset:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -182,6 +184,27 @@ def test_a_killed_browser_is_replaced_and_the_episode_replayed_once(servers):
         pids = env.chromium_pids()
         env.close()
     assert pids and not any(alive(pid) for pid in pids)
+
+
+def test_a_hung_browser_is_killed_and_the_episode_replayed(servers):
+    """SIGSTOP freezes Chromium: the step times out, the browser answers no probe, so it is
+    killed and the episode replayed in a new one, within step_timeout_s plus the probe's 5 s."""
+    a, _ = servers
+    env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/counter"], step_timeout_s=3)
+    try:
+        env.reset(env.task_specs(1, seed=0)[0])
+        env.step(f"click {ref(env, 'add')}")
+        frozen = env.chromium_pids()[0]
+        os.kill(frozen, signal.SIGSTOP)
+        started = time.monotonic()
+        outcome = env.step(f"click {ref(env, 'add')}")
+        assert time.monotonic() - started < 3 + 5 + 15
+        assert outcome.info["valid_action"] and count(env) == "2"
+        assert not alive(frozen) and env.chromium_pids()[0] != frozen
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(frozen, signal.SIGCONT)
+        env.close()
 
 
 def test_a_browser_that_dies_during_reset_is_retried_then_given_up(servers, monkeypatch):
