@@ -34,6 +34,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -443,9 +444,14 @@ class BrowserPool:
         return process_tree(self.browser_pid) if self.browser_pid else []
 
     def kill(self) -> None:
-        """SIGKILL Chromium: every episode in it is replayed by its environment."""
+        """SIGKILL Chromium and wait (bounded) until it is gone, so the next episode sees it
+        dead and launches another: every episode that was in it is replayed by its environment."""
         if self.browser_pid:
-            _kill([self.browser_pid])
+            pid = self.browser_pid
+            _kill([pid])
+            deadline = time.monotonic() + _CLOSE_TIMEOUT_S
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
 
     def _kill_tree(self) -> None:
         _kill(self.pids())  # whatever a dead or closed browser left behind
