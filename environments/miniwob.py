@@ -119,6 +119,13 @@ def _fields(task: str, utterance: Any) -> tuple[str, list[str]]:
 class MiniWoBEnvironment(LocalSiteEnvironment):
     name = "miniwob"
     supports_snapshot = False
+    # A run of MiniWoB alone takes these unless the config or a flag sets them: every default
+    # task, short episodes, and leaf rollouts deep enough for forms (login-user needs them).
+    run_defaults: dict[str, Any] = {
+        "tasks": len(DEFAULT_TASKS),
+        "max_steps": 6,
+        "mcts": {"rollout_depth": 3, "c_puct": 1.0},
+    }
 
     def __init__(
         self,

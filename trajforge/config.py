@@ -173,6 +173,33 @@ def code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
+def _with_environment_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A run of one environment takes that environment's `run_defaults` (e.g. MiniWoB: all its
+    default tasks, short episodes, deeper MCTS rollouts) for every field the user left unset."""
+    envs = data.get("envs", ["textworld"])
+    envs = [envs] if isinstance(envs, str) else envs
+    if not isinstance(envs, list) or len(envs) != 1:
+        return data
+    name = envs[0]["name"] if isinstance(envs[0], dict) and "name" in envs[0] else envs[0]
+    if not isinstance(name, str):
+        return data
+    from trajforge.environments import registry
+
+    defaults = getattr(registry.environment_class(name), "run_defaults", None) or {}
+    return _merged(defaults, data)
+
+
+def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `defaults`, nested mappings merged key by key."""
+    out = dict(defaults)
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def _explain(exc: ValidationError) -> str:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "config"
@@ -197,6 +224,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> RunConfig:
             raise ConfigError(f"--config: {path} must hold a mapping of fields, not {type(loaded).__name__}")
         data = loaded or {}
     data.update({k: v for k, v in overrides.items() if v is not None})
+    data = _with_environment_defaults(data)
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,32 @@
+"""The run configuration: environment defaults, overrides, and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from trajforge.config import load_config
+from trajforge.environments.base import ConfigError
+
+
+def test_a_miniwob_run_takes_its_environment_defaults():
+    cfg = load_config(envs=["miniwob"], search="mcts")
+    assert (cfg.tasks, cfg.max_steps, cfg.mcts.rollout_depth, cfg.mcts.c_puct) == (18, 6, 3, 1.0)
+    assert cfg.mcts.expand_k == 32  # what the environment does not set keeps the run's default
+
+
+def test_what_the_user_sets_wins_over_environment_defaults(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("envs: [{name: miniwob, options: {tasks: [click-test]}}]\nmcts: {c_puct: 2.0}\n")
+    cfg = load_config(config, tasks=3)
+    assert (cfg.tasks, cfg.mcts.c_puct, cfg.mcts.rollout_depth, cfg.max_steps) == (3, 2.0, 3, 6)
+
+
+def test_several_environments_or_one_without_defaults_keep_the_run_defaults():
+    assert load_config(envs=["miniwob", "toy"]).tasks == 10
+    assert load_config(envs=["toy"]).max_steps == 40
+    assert load_config().mcts.rollout_depth == 1
+
+
+def test_an_unknown_environment_is_one_config_error():
+    with pytest.raises(ConfigError, match="env: unknown environment 'minwob'"):
+        load_config(envs=["minwob"])
