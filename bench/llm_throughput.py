@@ -20,14 +20,14 @@ import urllib.request
 
 import apache_beam as beam
 import uvicorn
-from apache_beam.ml.inference.base import RunInference  # noqa: I001 - after beam, as Beam documents
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from trajforge.environments.toy import ToyEnvironment
 from trajforge.inference.client import Choice, Response, TokenLogprob, Usage
 from trajforge.inference.serve import response_body
-from trajforge.pipelines.synthesis import JudgeHandler, Search
+from trajforge.pipelines.judging import Judge
+from trajforge.pipelines.synthesis import Search
 from trajforge.schemas import ids
 from trajforge.schemas.records import Step, Trajectory
 from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings
@@ -131,11 +131,10 @@ def trajectories(n: int) -> list[dict]:
 
 
 def verifier_stage(url: str, rows: list[dict], in_flight: int) -> None:
-    """The run's verifier stage: RunInference with the judge's handler, `in_flight` requests
-    at a time ("yes" and "no" are scored by one request each)."""
-    handler = JudgeHandler(f"openai:{url}#fake", {"cache_dir": None}, concurrency=in_flight)
+    """The run's verifier stage (RunInference inside), `in_flight` requests at a time ("yes"
+    and "no" are scored by one request each)."""
     with beam.Pipeline(argv=["--runner=FnApiRunner"]) as p:
-        _ = p | beam.Create(rows) | RunInference(handler)
+        _ = p | beam.Create(rows) | Judge(f"openai:{url}#fake", {"cache_dir": None}, concurrency=in_flight)
 
 
 def mcts_searches(url: str, searches: int, simulations: int, concurrency: int) -> int:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from trajforge.inference.client import Backend, ChatRequest, Response, Usage
 
 # One question: (conversation, assistant prefix, candidate continuations).
 Question = tuple[list[dict[str, str]], str, list[str]]
+# A question's result as plain data (it crosses Beam's shuffles): {"scores", "tokens_in",
+# "tokens_out"}, or {"error": "Type: message"} when a request failed.
+Scored = dict[str, Any]
 
 
 def candidate_requests(model: str | None, question: Question) -> list[ChatRequest]:
@@ -70,6 +74,23 @@ def score_many(
         except ValueError as exc:
             results.append(exc)
     return results
+
+
+def as_scored(result: tuple[list[float], Usage] | Exception) -> Scored:
+    """A `score_many` result as plain data."""
+    if isinstance(result, Exception):
+        return {"error": f"{type(result).__name__}: {result}"[:400]}
+    scores, usage = result
+    return {"scores": scores, "tokens_in": usage.prompt_tokens, "tokens_out": usage.completion_tokens}
+
+
+def scored_from_responses(responses: list[Response]) -> Scored:
+    """The answers to one question's candidate requests as plain data."""
+    try:
+        usage = sum((r.usage for r in responses), Usage())
+        return as_scored((candidate_scores(responses), usage))
+    except ValueError as exc:
+        return as_scored(exc)
 
 
 def candidate_scores(responses: list[Response]) -> list[float]:

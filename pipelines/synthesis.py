@@ -27,7 +27,6 @@ from typing import Any
 logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
 
 import apache_beam as beam  # noqa: E402
-from apache_beam.ml.inference.base import ModelHandler, RunInference  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.transforms.window import GlobalWindow  # noqa: E402
 from apache_beam.utils.timestamp import MIN_TIMESTAMP  # noqa: E402
@@ -35,6 +34,7 @@ from apache_beam.utils.windowed_value import WindowedValue  # noqa: E402
 
 from trajforge.environments import registry  # noqa: E402
 from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
+from trajforge.pipelines.judging import Judge  # noqa: E402
 from trajforge.schemas import arrow, ids  # noqa: E402
 from trajforge.schemas.records import Artifact, Failure, Task, Trajectory, TreeNode  # noqa: E402
 from trajforge.synthesizers.pairs import sibling_pairs, trajectory_pairs  # noqa: E402
@@ -291,39 +291,6 @@ class Search(_EnvDoFn):
         )
 
 
-class JudgeHandler(ModelHandler):
-    """Beam RunInference handler for the model verifier over the OpenAI-compatible API (a vLLM
-    server on GPU hosts, `trajforge serve-model` on CPU): the stage is the same pipeline either
-    way. A failed judgement keeps the environment's verdict and says why in `critique`."""
-
-    def __init__(
-        self, spec: str, options: dict[str, Any], critique: bool = False, concurrency: int = 64
-    ) -> None:
-        self.spec, self.options, self.critique = spec, options, critique
-        self.concurrency = concurrency  # requests in flight: the server's capacity is a good value
-
-    def load_model(self) -> Any:
-        from trajforge.inference.specs import reliable_client
-        from trajforge.validators.judge import Judge
-
-        model_options = {
-            k: self.options[k]
-            for k in ("cache_dir", "timeout_s", "price_in_per_m", "price_out_per_m")
-            if k in self.options
-        }
-        client, _ = reliable_client(self.spec, **model_options)
-        return Judge(client, client.backend.model)
-
-    def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> list[dict]:
-        # All of a batch's requests are in flight together, `concurrency` at a time, so a
-        # model server always has work; batches are several times that, so the pause between
-        # two batches is short next to each batch.
-        return model.judge_all(list(batch), critique=self.critique, concurrency=self.concurrency)
-
-    def batch_elements_kwargs(self) -> dict[str, int]:
-        return {"min_batch_size": 8 * self.concurrency, "max_batch_size": 8 * self.concurrency}
-
-
 def _global(value: Any) -> WindowedValue:
     """What finish_bundle must emit: a value placed in the global window."""
     return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
@@ -385,8 +352,9 @@ def build(
     )
     trajectories = searched.trajectories
     if judge:
-        handler = JudgeHandler(judge, model_options or {}, critique, requests_in_flight)
-        trajectories = trajectories | "Judge" >> RunInference(handler)
+        trajectories = trajectories | "Judge" >> Judge(
+            judge, model_options or {}, critique, requests_in_flight
+        )
     trajectory_level = (
         trajectories
         | "By task" >> beam.Map(lambda t: (t["task_id"], t))

@@ -1,14 +1,18 @@
 """The model verifier (an outcome reward model): asks a judge model whether a trajectory
 achieved its instruction. P(success) comes from the likelihoods of the answers "yes" and "no"
-(no sampling), so the same trajectory always gets the same score."""
+(no sampling), so the same trajectory always gets the same score. The critique names the first
+wrong step of a failure the same way.
+
+Plain functions of one trajectory: a question to score (`judge_question`, `critique_question`)
+and what its scores make of the trajectory (`with_verdict`, `with_critique`); the pipeline
+scores the questions in bulk (`inference.scoring.Scored` is a result)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from trajforge.inference.client import Backend, Usage
-from trajforge.inference.scoring import Question, score_many, softmax
+from trajforge.inference.scoring import Question, Scored, softmax
 
 SYSTEM = (
     "You are a strict judge of AI agents. Read the task and the agent's transcript, then answer "
@@ -29,63 +33,37 @@ def judge_messages(trajectory: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-class Judge:
-    """Scores trajectories with a model; `threshold` turns P(yes) into a verdict."""
+def judge_question(trajectory: dict[str, Any]) -> Question:
+    """Did the trajectory achieve its task? Scored by the likelihoods of "yes" and "no"."""
+    return judge_messages(trajectory), "", ["yes", "no"]
 
-    def __init__(self, client: Backend, model: str | None, threshold: float = 0.5) -> None:
-        self.client, self.model, self.threshold = client, model, threshold
 
-    def verdict(self, trajectory: dict[str, Any]) -> dict[str, Any]:
-        """The trajectory with the judge's verifier_score/verdict and the tokens it cost."""
-        [judged] = self.judge_all([trajectory])
-        return judged
+def with_verdict(trajectory: dict[str, Any], scored: Scored, threshold: float = 0.5) -> dict[str, Any]:
+    """The trajectory with the judge's verifier_score/verdict and the tokens it cost; a failed
+    judgement keeps the environment's verdict and says why in `critique`."""
+    if "error" in scored:
+        return {**trajectory, "critique": f"judge failed: {scored['error']}"[:500]}
+    p_yes = softmax(scored["scores"])[0]
+    verdict = {
+        "verifier_score": round(p_yes, 9),
+        "verifier_verdict": "pass" if p_yes >= threshold else "fail",
+    }
+    return _charged({**trajectory, **verdict}, scored)
 
-    def judge_all(
-        self, trajectories: list[dict[str, Any]], *, critique: bool = False, concurrency: int = 64
-    ) -> list[dict[str, Any]]:
-        """Verdicts for all (and critiques of the failures, when asked), every request of a
-        phase in flight together. A failed judgement keeps the environment's verdict and says
-        why in `critique`; a failed critique keeps the verdict."""
-        questions = [(judge_messages(t), "", ["yes", "no"]) for t in trajectories]
-        out = []
-        for t, result in zip(
-            trajectories, score_many(self.client, self.model, questions, concurrency=concurrency), strict=True
-        ):
-            if isinstance(result, Exception):
-                out.append({**t, "critique": _failed("judge", result)})
-                continue
-            scores, usage = result
-            p_yes = softmax(scores)[0]
-            out.append(
-                _charged(
-                    {
-                        **t,
-                        "verifier_score": round(p_yes, 9),
-                        "verifier_verdict": "pass" if p_yes >= self.threshold else "fail",
-                    },
-                    usage,
-                )
-            )
-        if critique:
-            wrong = [i for i, t in enumerate(out) if _failed_attempt(t) and t.get("critique") is None]
-            for i, found in zip(wrong, self.critiques([out[i] for i in wrong], concurrency), strict=True):
-                out[i] = found
-        return out
 
-    def critiques(self, failures: list[dict[str, Any]], concurrency: int = 64) -> list[dict[str, Any]]:
-        """Each failed trajectory with the first step that went wrong (as Agent-R revises from
-        it) in `critique`, as JSON with the critic's confidence and per-step scores."""
-        questions = [critique_question(t) for t in failures]
-        out = []
-        for t, result in zip(
-            failures, score_many(self.client, self.model, questions, concurrency=concurrency), strict=True
-        ):
-            if isinstance(result, Exception):
-                out.append({**t, "critique": _failed("critique", result)})
-                continue
-            scores, usage = result
-            out.append(_charged({**t, "critique": json.dumps(_first_error(t, scores))}, usage))
-        return out
+def needs_critique(trajectory: dict[str, Any]) -> bool:
+    """Failed (by the environment's truth, else by the judge) and not yet critiqued."""
+    return _failed_attempt(trajectory) and trajectory.get("critique") is None
+
+
+def with_critique(trajectory: dict[str, Any], scored: Scored) -> dict[str, Any]:
+    """The failed trajectory with the first step that went wrong (as Agent-R revises from it)
+    in `critique`, as JSON with the critic's confidence and per-step scores."""
+    if "error" in scored:
+        return {**trajectory, "critique": f"critique failed: {scored['error']}"[:500]}
+    return _charged(
+        {**trajectory, "critique": json.dumps(_first_error(trajectory, scored["scores"]))}, scored
+    )
 
 
 def _failed_attempt(trajectory: dict[str, Any]) -> bool:
@@ -95,16 +73,12 @@ def _failed_attempt(trajectory: dict[str, Any]) -> bool:
     return failed and bool(trajectory["steps"])
 
 
-def _charged(trajectory: dict[str, Any], usage: Usage) -> dict[str, Any]:
+def _charged(trajectory: dict[str, Any], scored: Scored) -> dict[str, Any]:
     return {
         **trajectory,
-        "tokens_in": (trajectory.get("tokens_in") or 0) + usage.prompt_tokens,
-        "tokens_out": (trajectory.get("tokens_out") or 0) + usage.completion_tokens,
+        "tokens_in": (trajectory.get("tokens_in") or 0) + scored["tokens_in"],
+        "tokens_out": (trajectory.get("tokens_out") or 0) + scored["tokens_out"],
     }
-
-
-def _failed(stage: str, exc: Exception) -> str:
-    return f"{stage} failed: {type(exc).__name__}: {exc}"[:500]
 
 
 CRITIC_SYSTEM = (

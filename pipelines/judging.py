@@ -1,0 +1,189 @@
+"""The verifier and critique stages: a judge model scores questions about trajectories by the
+likelihoods of candidate answers (`validators.judge`), through Beam RunInference.
+
+The stage is the same pipeline whatever serves the judge; only the RunInference handler
+differs (`ScoreQuestions`):
+- `vllm:PATH` on GPU hosts: Beam's own `VLLMChatModelHandler`, which starts one vLLM server
+  per machine and shares it between the worker processes; each candidate answer is one chat
+  request asking for its prompt's log-probabilities;
+- `openai:URL#model` (a vLLM server elsewhere, `trajforge serve-model` on CPU) and `hf:PATH`:
+  our `ScoringHandler`, through the reliability layer (timeouts, retries, request cache), a
+  batch's requests in flight together.
+A question whose requests fail gets its error, which the trajectory keeps in `critique`; it
+never fails the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+
+from trajforge.inference.client import Response
+from trajforge.inference.scoring import Question, Scored, as_scored, candidate_requests, score_many
+from trajforge.validators import judge
+
+# What a candidate's chat request asks of vLLM: go on from the candidate (no new assistant
+# turn), generate one token, and return the prompt's own log-probabilities.
+VLLM_SCORING_ARGS = {
+    "max_tokens": 1,
+    "temperature": 0.0,
+    "extra_body": {"prompt_logprobs": 0, "continue_final_message": True, "add_generation_prompt": False},
+}
+_MODEL_OPTIONS = ("cache_dir", "timeout_s", "price_in_per_m", "price_out_per_m")
+
+
+class ScoringHandler(ModelHandler):
+    """(key, Question) batches -> (key, Scored), over any model SPEC but vllm: (see above).
+    All of a batch's requests are in flight together, `concurrency` at a time, so a model
+    server always has work; batches are several times that, so the pause between two batches
+    is short next to each batch."""
+
+    def __init__(self, spec: str, options: dict[str, Any], concurrency: int = 64) -> None:
+        self.spec, self.options, self.concurrency = spec, options, concurrency
+
+    def load_model(self) -> Any:
+        from trajforge.inference.specs import reliable_client
+
+        client, _ = reliable_client(
+            self.spec, **{k: v for k, v in self.options.items() if k in _MODEL_OPTIONS}
+        )
+        return client
+
+    def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> list[tuple[Any, Scored]]:
+        keys, questions = zip(*batch, strict=True) if batch else ((), ())
+        results = score_many(model, model.backend.model, questions, concurrency=self.concurrency)
+        return [(key, as_scored(result)) for key, result in zip(keys, results, strict=True)]
+
+    def batch_elements_kwargs(self) -> dict[str, int]:
+        return {"min_batch_size": 8 * self.concurrency, "max_batch_size": 8 * self.concurrency}
+
+
+class ScoreQuestions(beam.PTransform):
+    """PCollection[(key, Question)] -> PCollection[(key, Scored)], keys unique."""
+
+    def __init__(self, spec: str, options: dict[str, Any], concurrency: int = 64) -> None:
+        super().__init__()
+        self.spec, self.options, self.concurrency = spec, options, concurrency
+
+    def expand(self, questions: beam.PCollection) -> beam.PCollection:
+        if self.spec.startswith("vllm:"):
+            return questions | "vLLM" >> _VLLMScoring(self.spec.partition(":")[2], self.concurrency)
+        return questions | "Score" >> RunInference(ScoringHandler(self.spec, self.options, self.concurrency))
+
+
+class _VLLMScoring(beam.PTransform):
+    """Beam's VLLMChatModelHandler: one request per candidate, regrouped per question. A batch
+    that fails gives each of its questions the error."""
+
+    def __init__(self, model_path: str, concurrency: int, handler: ModelHandler | None = None) -> None:
+        super().__init__()
+        self.model_path, self.concurrency, self.handler = model_path, concurrency, handler
+
+    def expand(self, questions: beam.PCollection) -> beam.PCollection:
+        handler = self.handler or vllm_chat_handler(self.model_path, self.concurrency)
+        requests = questions | "Candidates" >> beam.FlatMap(_candidate_chats)
+        answers, dead = (
+            requests
+            | "Ask"
+            >> RunInference(
+                KeyedModelHandler(handler), inference_args=VLLM_SCORING_ARGS
+            ).with_exception_handling()
+        )
+        ok = answers | "Answers" >> beam.MapTuple(lambda key, result: (key[0], (key[1], _response(result))))
+        failed = dead.failed_inferences | "Failures" >> beam.FlatMap(_failed_batch)
+        return (
+            (ok, failed)
+            | "All answers" >> beam.Flatten()
+            | "By question" >> beam.GroupByKey()
+            | "Scores" >> beam.MapTuple(_question_scores)
+        )
+
+
+def vllm_chat_handler(model_path: str, concurrency: int) -> ModelHandler:
+    from apache_beam.ml.inference.vllm_inference import VLLMChatModelHandler
+
+    # The handler sends a whole batch at once: a batch is what is in flight.
+    return VLLMChatModelHandler(model_path, min_batch_size=concurrency, max_batch_size=concurrency)
+
+
+def _candidate_chats(item: tuple[Any, Question]) -> list[tuple[tuple[Any, int], list[Any]]]:
+    from apache_beam.ml.inference.vllm_inference import OpenAIChatMessage
+
+    key, question = item
+    out = []
+    for i, request in enumerate(candidate_requests(None, question)):
+        chat = [OpenAIChatMessage(role=m["role"], content=m["content"]) for m in request.messages]
+        out.append(((key, i), chat))
+    return out
+
+
+def _response(result: Any) -> Response | str:
+    """A ChatCompletion of the openai client as our Response (vLLM's prompt_logprobs ride
+    along as an extra field); the parse error's text if it is not one."""
+    from trajforge.inference.client import InferenceError, parse_response
+
+    try:
+        return parse_response(result.inference.model_dump(), chat=True)
+    except InferenceError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _failed_batch(failed: tuple[list, Exception]) -> list[tuple[Any, tuple[int, str]]]:
+    batch, exc = failed
+    return [(key[0], (key[1], f"{type(exc).__name__}: {exc}")) for key, _ in batch]
+
+
+def _question_scores(key: Any, answers: Any) -> tuple[Any, Scored]:
+    by_index = dict(answers)  # a retried bundle may repeat an answer: the same one
+    responses = [by_index[i] for i in sorted(by_index)]
+    error = next((r for r in responses if isinstance(r, str)), None)
+    if error is not None:
+        return key, {"error": error[:400]}
+    from trajforge.inference.scoring import scored_from_responses
+
+    return key, scored_from_responses(responses)
+
+
+class Judge(beam.PTransform):
+    """Trajectories -> the same trajectories with the judge's verdicts (and, with `critique`,
+    the first wrong step of each failure)."""
+
+    def __init__(self, spec: str, options: dict[str, Any], critique: bool = False, concurrency: int = 64):
+        super().__init__()
+        self.spec, self.options, self.critique, self.concurrency = spec, options, critique, concurrency
+
+    def _scored(self, label: str, trajectories: beam.PCollection, ask: Any, apply: Any) -> beam.PCollection:
+        keyed = trajectories | f"{label}: by id" >> beam.Map(lambda t: (t["trajectory_id"], t))
+        scores = (
+            trajectories
+            | f"{label}: questions" >> beam.Map(lambda t: (t["trajectory_id"], ask(t)))
+            | f"{label}: score" >> ScoreQuestions(self.spec, self.options, self.concurrency)
+        )
+        return (
+            {"t": keyed, "s": scores}
+            | f"{label}: join" >> beam.CoGroupByKey()
+            | f"{label}: apply" >> beam.FlatMap(_apply, apply)
+        )
+
+    def expand(self, trajectories: beam.PCollection) -> beam.PCollection:
+        judged = self._scored("Verdict", trajectories, judge.judge_question, judge.with_verdict)
+        if not self.critique:
+            return judged
+        failed, rest = judged | "Needs critique" >> beam.Partition(
+            lambda t, _: 0 if judge.needs_critique(t) else 1, 2
+        )
+        critiqued = self._scored("Critique", failed, judge.critique_question, judge.with_critique)
+        return (critiqued, rest) | "Judged" >> beam.Flatten()
+
+
+def _apply(item: tuple[str, dict[str, list]], apply: Any) -> list[dict[str, Any]]:
+    """One trajectory (the first copy, should a retried bundle have re-emitted it) with its
+    question's scores applied."""
+    _, joined = item
+    if not joined["t"]:
+        return []
+    trajectory = joined["t"][0]
+    scored = joined["s"][0] if joined["s"] else {"error": "no answer reached the judge stage"}
+    return [apply(trajectory, scored)]
