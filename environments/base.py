@@ -3,6 +3,9 @@
 An adapter is a class constructed with keyword options (from the run config) that
 implements the methods below. `snapshot`/`restore` and `walkthrough` are optional:
 callers check `supports_snapshot` and get `None` from `walkthrough()` when there is none.
+Also optional: `prepare(specs, workers)` (build assets once before a run) and a class
+attribute `run_defaults` (run settings, such as `max_steps` or `mcts`, for a run of this
+environment alone wherever the config and the flags say nothing).
 """
 
 from __future__ import annotations
