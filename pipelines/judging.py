@@ -179,11 +179,8 @@ class Judge(beam.PTransform):
 
 
 def _apply(item: tuple[str, dict[str, list]], apply: Any) -> list[dict[str, Any]]:
-    """One trajectory (the first copy, should a retried bundle have re-emitted it) with its
-    question's scores applied."""
+    """The trajectory with its question's scores applied. Copies that a retried bundle
+    re-emitted all pass on, for the dedup gate to judge (same content, or a conflict)."""
     _, joined = item
-    if not joined["t"]:
-        return []
-    trajectory = joined["t"][0]
     scored = joined["s"][0] if joined["s"] else {"error": "no answer reached the judge stage"}
-    return [apply(trajectory, scored)]
+    return [apply(trajectory, scored) for trajectory in joined["t"]]
