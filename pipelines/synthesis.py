@@ -254,6 +254,7 @@ class Search(_EnvDoFn):
                     task_id=task["task_id"],
                     gap=self.options["pair_gap"],
                     run_id=self.run_id,
+                    origin={"policy": policy, "search": key},
                 ):
                     out.append(beam.pvalue.TaggedOutput(PAIRS, pair.row()))
         return out

@@ -102,6 +102,7 @@ PAIRS = pa.schema(
         ("q_rejected", pa.float64()),
         ("source", pa.string()),
         ("run_id", pa.string()),
+        ("policy", pa.string()),
     ]
 )
 

@@ -99,6 +99,7 @@ class Pair(Record):
     q_rejected: float | None
     source: Literal["mcts_sibling", "trajectory", "revision"]
     run_id: str | None = None
+    policy: str | None = None  # the policy whose search tree gave an mcts_sibling pair
 
 
 class TreeNode(Record):

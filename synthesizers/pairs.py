@@ -23,8 +23,19 @@ def _json(messages: list[dict[str, str]]) -> str:
 
 
 def _pair(
-    task_id: str, step_index: int, prefix: str, chosen: str, rejected: str, qc, qr, source, run_id
+    task_id: str,
+    step_index: int,
+    prefix: str,
+    chosen: str,
+    rejected: str,
+    qc,
+    qr,
+    source,
+    run_id,
+    origin: dict[str, Any] | None = None,
 ) -> Pair:
+    """`origin` (the policy and search settings of the tree a sibling pair comes from) joins the
+    id: two trees may offer the same preference with other Q values, each its own record."""
     pid = ids.content_id(
         "pair",
         task_id=task_id,
@@ -33,6 +44,7 @@ def _pair(
         chosen=chosen,
         rejected=rejected,
         source=source,
+        **({"origin": origin} if origin else {}),
     )
     return Pair(
         pair_id=pid,
@@ -45,6 +57,7 @@ def _pair(
         q_rejected=qr,
         source=source,
         run_id=run_id,
+        policy=(origin or {}).get("policy"),
     )
 
 
@@ -57,8 +70,10 @@ def sibling_pairs(
     task_id: str,
     gap: float,
     run_id: str | None = None,
+    origin: dict[str, Any] | None = None,
 ) -> list[Pair]:
-    """Pairs at each tree node along `steps` (a successful path's step rows)."""
+    """Pairs at each tree node along `steps` (a successful path's step rows); `origin` names
+    the tree: {"policy": spec, "search": search_key}."""
     pairs, node = [], root
     for i, step in enumerate(steps):
         chosen = next((c for c in node.children or [] if c.action == step["action"] and c.stepped), None)
@@ -71,7 +86,9 @@ def sibling_pairs(
                 continue
             rejected = conversation.assistant_text(sib.action, None)
             pairs.append(
-                _pair(task_id, i, prefix, chosen_text, rejected, chosen.q, sib.q, "mcts_sibling", run_id)
+                _pair(
+                    task_id, i, prefix, chosen_text, rejected, chosen.q, sib.q, "mcts_sibling", run_id, origin
+                )
             )
         node = chosen
     return pairs

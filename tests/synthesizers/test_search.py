@@ -77,6 +77,27 @@ def test_sibling_pairs_respect_the_gap_and_extend_the_best_path():
         assert pair.chosen == whole[len(prefix)]["content"] != pair.rejected
 
 
+def test_two_trees_offering_the_same_preference_give_two_records_not_a_conflict():
+    """Two searches of one task (two policies) can prefer the same action at the same prefix
+    with other Q values: each tree's pair is its own record, named by its origin."""
+    from trajforge.validators.dedup import dedupe
+
+    def pairs_of(seed: int, origin):
+        result = mcts(Budget(env_steps=600), seed=seed)
+        steps = [s.row() for s in result.paths[0].steps]
+        return sibling_pairs(
+            result.root, steps, env="toy", instruction=result.instruction, task_id="t", gap=0.2, origin=origin
+        )
+
+    anonymous = [p.row() for p in pairs_of(1, None) + pairs_of(2, None)]
+    assert dedupe(anonymous, "pair_id").conflicts  # what a run with two policies used to stage
+    a = pairs_of(1, {"policy": "random", "search": {"search": "mcts"}})
+    b = pairs_of(2, {"policy": "oracle", "search": {"search": "mcts"}})
+    assert {p.policy for p in a} == {"random"} and {p.policy for p in b} == {"oracle"}
+    result = dedupe([p.row() for p in a + b], "pair_id")
+    assert result.conflicts == [] and result.dropped == 0
+
+
 def test_best_of_n_spends_the_same_budget_through_the_same_entry_point():
     settings = SearchSettings(method="best_of_n", max_steps=20, samples=50, budget=Budget(env_steps=100))
     result = search(ToyEnvironment(max_length=6), TASK, RandomPolicy(), settings, seed=3)
