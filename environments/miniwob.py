@@ -120,9 +120,11 @@ class MiniWoBEnvironment(LocalSiteEnvironment):
     name = "miniwob"
     supports_snapshot = False
     # A run of MiniWoB alone takes these unless the config or a flag sets them: every default
-    # task, short episodes, and leaf rollouts deep enough for forms (login-user needs them).
+    # task, the random policy (MiniWoB knows no solutions, so the oracle would act at random
+    # too), short episodes, and leaf rollouts deep enough for forms (login-user needs them).
     run_defaults: dict[str, Any] = {
         "tasks": len(DEFAULT_TASKS),
+        "policies": ["random"],
         "max_steps": 6,
         "mcts": {"rollout_depth": 3, "c_puct": 1.0},
     }

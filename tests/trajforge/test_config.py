@@ -11,6 +11,7 @@ from trajforge.environments.base import ConfigError
 def test_a_miniwob_run_takes_its_environment_defaults():
     cfg = load_config(envs=["miniwob"], search="mcts")
     assert (cfg.tasks, cfg.max_steps, cfg.mcts.rollout_depth, cfg.mcts.c_puct) == (18, 6, 3, 1.0)
+    assert cfg.policies == ["random"]
     assert cfg.mcts.expand_k == 32  # what the environment does not set keeps the run's default
 
 
