@@ -15,6 +15,8 @@ never fails the run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import apache_beam as beam
@@ -35,7 +37,7 @@ _MODEL_OPTIONS = ("cache_dir", "timeout_s", "price_in_per_m", "price_out_per_m")
 
 
 class ScoringHandler(ModelHandler):
-    """(key, Question) batches -> (key, Scored), over any model SPEC but vllm: (see above).
+    """(Question, payload) batches -> (Scored, payload), over any model SPEC but vllm: (see above).
     All of a batch's requests are in flight together, `concurrency` at a time, so a model
     server always has work; batches are several times that, so the pause between two batches
     is short next to each batch."""
@@ -51,17 +53,18 @@ class ScoringHandler(ModelHandler):
         )
         return client
 
-    def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> list[tuple[Any, Scored]]:
-        keys, questions = zip(*batch, strict=True) if batch else ((), ())
+    def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> list[tuple[Scored, Any]]:
+        questions, payloads = zip(*batch, strict=True) if batch else ((), ())
         results = score_many(model, model.backend.model, questions, concurrency=self.concurrency)
-        return [(key, as_scored(result)) for key, result in zip(keys, results, strict=True)]
+        return [(as_scored(result), payload) for result, payload in zip(results, payloads, strict=True)]
 
     def batch_elements_kwargs(self) -> dict[str, int]:
         return {"min_batch_size": 8 * self.concurrency, "max_batch_size": 8 * self.concurrency}
 
 
 class ScoreQuestions(beam.PTransform):
-    """PCollection[(key, Question)] -> PCollection[(key, Scored)], keys unique."""
+    """PCollection[(Question, payload)] -> PCollection[(Scored, payload)]: the payload (say, the
+    trajectory asked about) travels with its question."""
 
     def __init__(self, spec: str, options: dict[str, Any], concurrency: int = 64) -> None:
         super().__init__()
@@ -74,8 +77,9 @@ class ScoreQuestions(beam.PTransform):
 
 
 class _VLLMScoring(beam.PTransform):
-    """Beam's VLLMChatModelHandler: one request per candidate, regrouped per question. A batch
-    that fails gives each of its questions the error."""
+    """Beam's VLLMChatModelHandler: one request per candidate, regrouped per question (by a
+    hash of its content) and joined back to the payloads. A batch that fails gives each of its
+    questions the error."""
 
     def __init__(self, model_path: str, concurrency: int, handler: ModelHandler | None = None) -> None:
         super().__init__()
@@ -83,7 +87,14 @@ class _VLLMScoring(beam.PTransform):
 
     def expand(self, questions: beam.PCollection) -> beam.PCollection:
         handler = self.handler or vllm_chat_handler(self.model_path, self.concurrency)
-        requests = questions | "Candidates" >> beam.FlatMap(_candidate_chats)
+        keyed = questions | "Key" >> beam.MapTuple(lambda q, payload: (_key(q), (q, payload)))
+        payloads = keyed | "Payloads" >> beam.MapTuple(lambda key, qp: (key, qp[1]))
+        requests = (
+            keyed
+            | "Questions" >> beam.MapTuple(lambda key, qp: (key, qp[0]))
+            | "Once each" >> beam.GroupByKey()  # a question asked twice is scored once
+            | "Candidates" >> beam.FlatMapTuple(lambda key, qs: _candidate_chats((key, next(iter(qs)))))
+        )
         answers, dead = (
             requests
             | "Ask"
@@ -93,11 +104,16 @@ class _VLLMScoring(beam.PTransform):
         )
         ok = answers | "Answers" >> beam.MapTuple(lambda key, result: (key[0], (key[1], _response(result))))
         failed = dead.failed_inferences | "Failures" >> beam.FlatMap(_failed_batch)
-        return (
+        scores = (
             (ok, failed)
             | "All answers" >> beam.Flatten()
             | "By question" >> beam.GroupByKey()
             | "Scores" >> beam.MapTuple(_question_scores)
+        )
+        return (
+            {"scores": scores, "payloads": payloads}
+            | "Join" >> beam.CoGroupByKey()
+            | "Back" >> beam.FlatMapTuple(lambda _, j: [(j["scores"][0], p) for p in j["payloads"]])
         )
 
 
@@ -106,6 +122,10 @@ def vllm_chat_handler(model_path: str, concurrency: int) -> ModelHandler:
 
     # The handler sends a whole batch at once: a batch is what is in flight.
     return VLLMChatModelHandler(model_path, min_batch_size=concurrency, max_batch_size=concurrency)
+
+
+def _key(question: Question) -> str:
+    return hashlib.sha256(json.dumps(question, sort_keys=True).encode()).hexdigest()
 
 
 def _candidate_chats(item: tuple[Any, Question]) -> list[tuple[tuple[Any, int], list[Any]]]:
@@ -155,16 +175,11 @@ class Judge(beam.PTransform):
         self.spec, self.options, self.critique, self.concurrency = spec, options, critique, concurrency
 
     def _scored(self, label: str, trajectories: beam.PCollection, ask: Any, apply: Any) -> beam.PCollection:
-        keyed = trajectories | f"{label}: by id" >> beam.Map(lambda t: (t["trajectory_id"], t))
-        scores = (
-            trajectories
-            | f"{label}: questions" >> beam.Map(lambda t: (t["trajectory_id"], ask(t)))
-            | f"{label}: score" >> ScoreQuestions(self.spec, self.options, self.concurrency)
-        )
         return (
-            {"t": keyed, "s": scores}
-            | f"{label}: join" >> beam.CoGroupByKey()
-            | f"{label}: apply" >> beam.FlatMap(_apply, apply)
+            trajectories
+            | f"{label}: questions" >> beam.Map(lambda t: (ask(t), t))
+            | f"{label}: score" >> ScoreQuestions(self.spec, self.options, self.concurrency)
+            | f"{label}: apply" >> beam.MapTuple(lambda scored, t: apply(t, scored))
         )
 
     def expand(self, trajectories: beam.PCollection) -> beam.PCollection:
@@ -176,11 +191,3 @@ class Judge(beam.PTransform):
         )
         critiqued = self._scored("Critique", failed, judge.critique_question, judge.with_critique)
         return (critiqued, rest) | "Judged" >> beam.Flatten()
-
-
-def _apply(item: tuple[str, dict[str, list]], apply: Any) -> list[dict[str, Any]]:
-    """The trajectory with its question's scores applied. Copies that a retried bundle
-    re-emitted all pass on, for the dedup gate to judge (same content, or a conflict)."""
-    _, joined = item
-    scored = joined["s"][0] if joined["s"] else {"error": "no answer reached the judge stage"}
-    return [apply(trajectory, scored) for trajectory in joined["t"]]

@@ -106,7 +106,7 @@ def test_beams_vllm_handler_gives_the_same_scores_as_our_handler(tiny_server, tm
         def load_model(self):  # type: ignore[no-untyped-def]
             return FakeVLLMLaunch(port)
 
-    questions = [(r["trajectory_id"], judge_question(r)) for r in ROWS[:4]]
+    questions = [(judge_question(r), r["trajectory_id"]) for r in ROWS[:4]]
     results: dict[str, list] = {}
     for name, stage in {
         "beam": _VLLMScoring("unused", 4, handler=Handler(tiny_server.name, min_batch_size=4)),
@@ -121,9 +121,10 @@ def test_beams_vllm_handler_gives_the_same_scores_as_our_handler(tiny_server, tm
                 | beam.Map(json.dumps, default=str)
                 | beam.io.WriteToText(str(out), shard_name_template="")
             )
-        results[name] = sorted(json.loads(line) for line in out.read_text().splitlines())
-    assert [key for key, _ in results["beam"]] == [key for key, _ in results["ours"]]
-    for (_, beam_scored), (_, our_scored) in zip(results["beam"], results["ours"], strict=True):
+        rows = (json.loads(line) for line in out.read_text().splitlines())
+        results[name] = sorted(rows, key=lambda r: r[1])
+    assert [key for _, key in results["beam"]] == [key for _, key in results["ours"]]
+    for (beam_scored, _), (our_scored, _) in zip(results["beam"], results["ours"], strict=True):
         assert "error" not in beam_scored, beam_scored
         assert beam_scored["scores"] == pytest.approx(our_scored["scores"], abs=1e-4)
         assert beam_scored["tokens_in"] == our_scored["tokens_in"]
