@@ -65,15 +65,16 @@ def score_many(
     for rs in requests:
         responses = [next(answers) for _ in rs]
         error = next((r for r in responses if isinstance(r, Exception)), None)
-        if error is not None:
-            results.append(error)
-            continue
-        try:
-            usage = sum((r.usage for r in responses), Usage())
-            results.append((candidate_scores(responses), usage))  # type: ignore[arg-type]
-        except ValueError as exc:
-            results.append(exc)
+        results.append(error if error is not None else _scores(responses))  # type: ignore[arg-type]
     return results
+
+
+def _scores(responses: list[Response]) -> tuple[list[float], Usage] | Exception:
+    """One question's scores and what its requests cost, or why they cannot be scored."""
+    try:
+        return candidate_scores(responses), sum((r.usage for r in responses), Usage())
+    except ValueError as exc:
+        return exc
 
 
 def as_scored(result: tuple[list[float], Usage] | Exception) -> Scored:
@@ -86,11 +87,7 @@ def as_scored(result: tuple[list[float], Usage] | Exception) -> Scored:
 
 def scored_from_responses(responses: list[Response]) -> Scored:
     """The answers to one question's candidate requests as plain data."""
-    try:
-        usage = sum((r.usage for r in responses), Usage())
-        return as_scored((candidate_scores(responses), usage))
-    except ValueError as exc:
-        return as_scored(exc)
+    return as_scored(_scores(responses))
 
 
 def candidate_scores(responses: list[Response]) -> list[float]:

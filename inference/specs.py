@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from trajforge.environments.base import ConfigError
 from trajforge.inference.client import Backend
@@ -31,6 +32,17 @@ def reliable_client(
         raise ConfigError(f"policy: {spec!r} is not a model spec; use openai:URL#model, hf:PATH or vllm:PATH")
     meter = UsageMeter(price_in_per_m, price_out_per_m)
     return ReliableClient(backend, cache=cache_dir, timeout_s=timeout_s, meter=meter), on_close
+
+
+CLIENT_OPTIONS = ("cache_dir", "timeout_s", "price_in_per_m", "price_out_per_m")
+
+
+def client_from_options(
+    spec: str, options: dict[str, Any]
+) -> tuple[ReliableClient, Callable[[], None] | None]:
+    """`reliable_client` from the run's model options (those that are not the client's, such
+    as a policy's temperature, are left out)."""
+    return reliable_client(spec, **{k: v for k, v in options.items() if k in CLIENT_OPTIONS})
 
 
 def _openai_backend(spec: str, rest: str) -> Backend:

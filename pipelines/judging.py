@@ -23,7 +23,14 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from trajforge.inference.client import Response
-from trajforge.inference.scoring import Question, Scored, as_scored, candidate_requests, score_many
+from trajforge.inference.scoring import (
+    Question,
+    Scored,
+    as_scored,
+    candidate_requests,
+    score_many,
+    scored_from_responses,
+)
 from trajforge.validators import judge
 
 # What a candidate's chat request asks of vLLM: go on from the candidate (no new assistant
@@ -33,7 +40,6 @@ VLLM_SCORING_ARGS = {
     "temperature": 0.0,
     "extra_body": {"prompt_logprobs": 0, "continue_final_message": True, "add_generation_prompt": False},
 }
-_MODEL_OPTIONS = ("cache_dir", "timeout_s", "price_in_per_m", "price_out_per_m")
 
 
 class ScoringHandler(ModelHandler):
@@ -46,11 +52,9 @@ class ScoringHandler(ModelHandler):
         self.spec, self.options, self.concurrency = spec, options, concurrency
 
     def load_model(self) -> Any:
-        from trajforge.inference.specs import reliable_client
+        from trajforge.inference.specs import client_from_options
 
-        client, _ = reliable_client(
-            self.spec, **{k: v for k, v in self.options.items() if k in _MODEL_OPTIONS}
-        )
+        client, _ = client_from_options(self.spec, self.options)
         return client
 
     def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> list[tuple[Scored, Any]]:
@@ -161,8 +165,6 @@ def _question_scores(key: Any, answers: Any) -> tuple[Any, Scored]:
     error = next((r for r in responses if isinstance(r, str)), None)
     if error is not None:
         return key, {"error": error[:400]}
-    from trajforge.inference.scoring import scored_from_responses
-
     return key, scored_from_responses(responses)
 
 

@@ -273,13 +273,12 @@ def search(
 ) -> SearchResult:
     """`critic` is used by MCTS when settings.mcts.critic_weight > 0; its tokens count as the
     search's, like the policy's."""
-    metered = [policy, critic] if critic is not None else [policy]
-    before = _usage(*metered)
+    before = _usage(policy, critic)
     if settings.method == "mcts":
         result = MCTS(env, task, policy, settings, seed, critic).run()
     else:
         result = sample_rollouts(env, task, policy, settings, seed)
-    after = _usage(*metered)
+    after = _usage(policy, critic)
     if after:  # a model policy: its client metered every call, priors and retries included
         result.tokens_in = after["tokens_in"] - before["tokens_in"]
         result.tokens_out = after["tokens_out"] - before["tokens_out"]

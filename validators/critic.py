@@ -55,9 +55,7 @@ class ActionCritic:
 def make_critic(spec: str, **model_options: object) -> ActionCritic:
     """A critic for a model SPEC (the run's judge), behind the reliability layer; the options
     are the run's model options (cache_dir, timeout_s, prices)."""
-    from trajforge.inference.specs import reliable_client
+    from trajforge.inference.specs import client_from_options
 
-    keep = ("cache_dir", "timeout_s", "price_in_per_m", "price_out_per_m")
-    options = {k: v for k, v in model_options.items() if k in keep}
-    client, on_close = reliable_client(spec, **options)  # type: ignore[arg-type]
+    client, on_close = client_from_options(spec, model_options)
     return ActionCritic(client, client.backend.model, on_close)
