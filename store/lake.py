@@ -3,14 +3,23 @@
 One in-memory DuckDB connection per `Lake`, with the packaged ducklake extension loaded from disk
 (nothing is ever downloaded). Writes go through `commit`, which adds only rows whose primary key
 the lake does not hold yet, all tables in one transaction, so a retried or rerun bundle adds
-nothing twice. Reads go through `sql`, which refuses anything but queries.
+nothing twice. Reads go through `sql`, which refuses anything but queries (checked on DuckDB's
+parse tree); a read-only lake is also sandboxed: DuckDB may read files under `{out}/lake/` only.
+
+The catalog is the truth: a file under `lake/` that the catalog does not list belongs to a commit
+that never happened; a writer's open deletes such orphans once they are old enough.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import re
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +37,17 @@ _CONFIG = {
     "autoinstall_known_extensions": "false",
     "autoload_known_extensions": "false",
 }
+
+log = logging.getLogger(__name__)
+
+# How long an open waits for another process's hold on the catalog: a writer (a run's commit)
+# waits minutes, the command line's readers seconds (DuckDB's file catalog admits one process).
+WRITER_LOCK_TIMEOUT_S = 300.0
+READER_LOCK_TIMEOUT_S = 10.0
+# Parquet under lake/ that the catalog does not list and older than this is an orphan of a crashed
+# commit. The age keeps a file that a writer is still committing (a multi-writer catalog such as
+# PostgreSQL, or a long transaction) out of reach: no commit takes an hour between write and commit.
+ORPHAN_MIN_AGE_S = 3600.0
 
 _SCALARS: dict[pa.DataType, str] = {
     pa.string(): "VARCHAR",
@@ -51,21 +71,92 @@ FROM (SELECT *, UNNEST(steps) AS s FROM trajectories)
 
 _READ_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 _EXPLAIN_PREFIX = re.compile(r"^\s*explain\s+(analy[sz]e\s+|\([^)]*\)\s*)?", re.IGNORECASE)
-# Table functions that change the lake although they sit in a SELECT's FROM clause.
-_MUTATING_FUNCTIONS = re.compile(
-    r"\b(ducklake_)?(add_data_files|cleanup_old_files|delete_orphaned_files|expire_snapshots"
-    r"|flush_inlined_data|merge_adjacent_files|rewrite_data_files|set_commit_message"
-    r"|set_option|commit)\s*\(",
-    re.IGNORECASE,
+# DuckLake's functions that change the lake (they delete files even from a read-only attach).
+_MAINTENANCE = frozenset(
+    {
+        "add_data_files",
+        "cleanup_old_files",
+        "delete_orphaned_files",
+        "expire_snapshots",
+        "flush_inlined_data",
+        "merge_adjacent_files",
+        "rewrite_data_files",
+        "set_commit_message",
+        "set_option",
+        "commit",
+    }
 )
-
-
+# The table functions a read may call (others run SQL text unchecked, checkpoint, import, ...).
+# File readers are listed: the sandbox confines them to the lake's folder.
+_READ_TABLE_FUNCTIONS = frozenset(
+    {
+        # DuckLake's read functions, as lake.NAME() or ducklake_NAME('lake')
+        "snapshots",
+        "current_snapshot",
+        "last_committed_snapshot",
+        "table_info",
+        "table_changes",
+        "table_insertions",
+        "table_deletions",
+        "list_files",
+        "options",
+        "settings",
+        # rows out of values
+        "range",
+        "generate_series",
+        "unnest",
+        "repeat",
+        "repeat_row",
+        "json_each",
+        "json_tree",
+        # catalog metadata
+        "show",
+        "show_databases",
+        "show_tables",
+        "show_tables_expanded",
+        "summary",
+        "pragma_table_info",
+        "pragma_show",
+        "pragma_version",
+        "pragma_storage_info",
+        "storage_info",
+        "functions",
+        "version",
+        # files (sandboxed)
+        "read_parquet",
+        "parquet_scan",
+        "parquet_metadata",
+        "parquet_schema",
+        "parquet_file_metadata",
+        "parquet_kv_metadata",
+        "read_csv",
+        "read_csv_auto",
+        "read_json",
+        "read_json_auto",
+        "read_ndjson",
+        "read_text",
+        "read_blob",
+        "glob",
+    }
+)
 class LakeError(Exception):
     """A lake that cannot be opened, a commit that failed (and changed nothing), a bad query."""
 
 
 class ReadOnlyError(LakeError):
     """A statement that would change the lake, sent down the read-only path."""
+
+
+class QueryTimeout(LakeError):
+    """A query stopped at its timeout."""
+
+
+class _Locked(Exception):
+    """Another process holds the catalog's file lock."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
 
 
 @dataclass(frozen=True)
@@ -118,7 +209,7 @@ def read_statements(query: str) -> list[str]:
     try:
         statements = duckdb.extract_statements(query)
     except duckdb.Error as exc:
-        raise LakeError(f"cannot parse the query: {exc}") from exc
+        raise LakeError(f"cannot parse the query: {_first_line(exc)}") from exc
     if not statements:
         raise LakeError("the query is empty")
     for statement in statements:
@@ -133,12 +224,64 @@ def _check_read(statement: duckdb.Statement) -> None:
             f"trajforge sql is read-only: {kind.name} statements are refused; "
             "use SELECT, DESCRIBE, SHOW or EXPLAIN"
         )
-    if _MUTATING_FUNCTIONS.search(statement.query):
-        raise ReadOnlyError("trajforge sql is read-only: lake maintenance functions are refused")
     if kind == duckdb.StatementType.EXPLAIN:
         # EXPLAIN ANALYZE runs the statement it explains: check that one too.
         for inner in duckdb.extract_statements(_EXPLAIN_PREFIX.sub("", statement.query, 1)):
             _check_read(inner)
+        return
+    for name, is_table in _functions(parse_select(statement.query)):
+        base = name.lower().removeprefix("ducklake_")
+        if base in _MAINTENANCE:
+            raise ReadOnlyError(f"trajforge sql is read-only: {name}() changes the lake and is refused")
+        if is_table and not (base in _READ_TABLE_FUNCTIONS or base.startswith("duckdb_")):
+            raise ReadOnlyError(
+                f"trajforge sql is read-only: the table function {name}() is refused; "
+                "read the lake's tables and views, or lake.snapshots(), lake.table_info()"
+            )
+
+
+def parse_select(query: str) -> list[dict[str, Any]]:
+    """DuckDB's parse tree of `query` (SELECT statements only) as JSON-like dicts."""
+    con = duckdb.connect(":memory:", config=_CONFIG)
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
+    finally:
+        con.close()
+    if tree.get("error"):
+        message = tree.get("error_message", "")
+        if "Only SELECT" in message:
+            raise ReadOnlyError(
+                "trajforge sql is read-only: this statement cannot be checked as a plain SELECT "
+                "(PIVOT, for one) and is refused"
+            )
+        raise LakeError(f"cannot parse the query: {message}")
+    return tree["statements"]
+
+
+def render_select(statement: dict[str, Any]) -> str:
+    """SQL text that DuckDB renders back from a parse tree of `parse_select`."""
+    tree = json.dumps({"error": False, "statements": [statement]})
+    con = duckdb.connect(":memory:", config=_CONFIG)
+    try:
+        return str(con.execute("SELECT json_deserialize_sql(?::JSON)", [tree]).fetchone()[0])
+    except duckdb.Error as exc:
+        raise LakeError(f"cannot render the query: {_first_line(exc)}") from exc
+    finally:
+        con.close()
+
+
+def _functions(node: Any) -> Iterator[tuple[str, bool]]:
+    """(name, is a table function) of every function called anywhere in a parse tree."""
+    if isinstance(node, dict):
+        if node.get("type") == "TABLE_FUNCTION" and isinstance(node.get("function"), dict):
+            yield str(node["function"].get("function_name", "")), True
+        elif "function_name" in node:
+            yield str(node["function_name"]), False
+        for value in node.values():
+            yield from _functions(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _functions(value)
 
 
 class Lake:
@@ -155,12 +298,45 @@ class Lake:
         return (Path(out) / CATALOG).is_file()
 
     @classmethod
-    def open(cls, out: Path | str, read_only: bool = False, snapshot: int | None = None) -> Lake:
-        """Attach `{out}/catalog.ducklake`; a lake read at an old `snapshot` is read-only."""
+    def open(
+        cls,
+        out: Path | str,
+        read_only: bool = False,
+        snapshot: int | None = None,
+        *,
+        lock_timeout_s: float = WRITER_LOCK_TIMEOUT_S,
+        memory_limit: str | None = None,
+    ) -> Lake:
+        """Attach `{out}/catalog.ducklake`; a lake read at an old `snapshot` is read-only.
+
+        While another process holds the catalog, retry with backoff for `lock_timeout_s`, then
+        fail naming the holder. A writer first deletes the orphans of crashed commits; a reader
+        is sandboxed to the lake's folder, with `memory_limit` (default: half the machine's).
+        """
         out = Path(out).resolve()
         read_only = read_only or snapshot is not None
         if read_only and not cls.exists(out):
             raise LakeError(f"there is no lake at {out}: run `trajforge run --out {out}` first")
+        deadline = time.monotonic() + lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return cls._open_once(out, read_only, snapshot, memory_limit)
+            except _Locked as locked:
+                if time.monotonic() + delay > deadline:
+                    raise LakeError(
+                        f"the lake at {out} is in use by {locked.holder}; waited {lock_timeout_s:g} s: "
+                        "retry when it has finished"
+                    ) from None
+                if delay == 0.05:
+                    log.warning(
+                        "the lake at %s is in use by %s; waiting up to %g s", out, locked.holder, lock_timeout_s
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    @classmethod
+    def _open_once(cls, out: Path, read_only: bool, snapshot: int | None, memory_limit: str | None) -> Lake:
         path = extension_path()
         con = duckdb.connect(":memory:", config=_CONFIG)
         try:
@@ -171,10 +347,16 @@ class Lake:
             con.execute(_attach_sql(out, read_only, snapshot))
             con.execute("USE lake")
             lake = cls(con, out, read_only)
-            if not read_only:
+            if read_only:
+                _sandbox(con, out, memory_limit)
+            else:
                 lake._create_tables()
+                lake._delete_orphans()
         except duckdb.Error as exc:
             con.close()
+            holder = _lock_holder(str(exc))
+            if holder:
+                raise _Locked(holder) from exc
             raise LakeError(_open_error(out, exc)) from exc
         return lake
 
@@ -204,6 +386,15 @@ class Lake:
         except BaseException:
             self._rollback()
             raise
+
+    def _delete_orphans(self) -> None:
+        """Delete Parquet under lake/ that no snapshot of the catalog lists (a crashed commit)."""
+        row = self._con.execute(
+            "SELECT count(*) FROM ducklake_delete_orphaned_files("
+            f"'lake', older_than => now() - INTERVAL {int(ORPHAN_MIN_AGE_S)} SECOND)"
+        ).fetchone()
+        if row and row[0]:
+            log.warning("deleted %d orphaned files of crashed commits under %s", row[0], self.out / DATA_DIR)
 
     def _add_missing_columns(self, name: str, schema: pa.Schema) -> None:
         # New columns are added to the contract freely; lakes written before then catch up.
@@ -278,16 +469,30 @@ class Lake:
         with contextlib.suppress(duckdb.Error):
             self._con.execute("ROLLBACK")
 
-    def sql(self, query: str) -> pa.Table:
-        """Run a read-only query (tables resolve in the lake); the last statement's rows."""
+    def sql(self, query: str, timeout_s: float | None = None) -> pa.Table:
+        """Run a read-only query (tables resolve in the lake); the last statement's rows.
+
+        DuckDB has no statement timeout: a timer interrupts the connection after `timeout_s`.
+        """
         statements = read_statements(query)
+        timer = threading.Timer(timeout_s, self._con.interrupt) if timeout_s else None
+        if timer:
+            timer.daemon = True
+            timer.start()
         try:
             result = pa.table({})
             for statement in statements:
                 result = self._con.execute(statement).fetch_arrow_table()
             return result
+        except duckdb.InterruptException as exc:
+            raise QueryTimeout(f"the query was stopped after {timeout_s:g} s (its timeout)") from exc
+        except duckdb.PermissionException as exc:
+            raise LakeError(_outside_lake(self.out, exc)) from exc
         except duckdb.Error as exc:
             raise LakeError(_first_line(exc)) from exc
+        finally:
+            if timer:
+                timer.cancel()
 
     def batches(self, query: str, rows_per_batch: int = 10_000) -> pa.RecordBatchReader:
         """Stream a read-only query; read the reader to the end before the next query."""
@@ -354,10 +559,44 @@ def _open_error(out: Path, exc: duckdb.Error) -> str:
     text = str(exc)
     if "already attached" in text:
         return f"the lake at {out} is already open in this process: close it or reuse that Lake"
-    if "Could not set lock" in text:
-        # A DuckDB-file catalog admits one process at a time, readers included.
-        return f"the lake at {out} is in use by another process; retry when it has finished"
     return f"cannot open the lake at {out}: {text.splitlines()[0]}"
+
+
+def _outside_lake(out: Path, exc: duckdb.Error) -> str:
+    match = re.search(r'Cannot access \w+ "([^"]*)"', str(exc))
+    what = match.group(1) if match else "that file"
+    return f"{what} is outside the lake: a query reads only the lake's files under {out / DATA_DIR}"
+
+
+def _lock_holder(text: str) -> str | None:
+    """Who holds the catalog, from DuckDB's lock error ("... held in EXE (PID 123)"), else None."""
+    if "Could not set lock" not in text:
+        return None
+    # A DuckDB-file catalog admits one process at a time, readers included.
+    match = re.search(r"held in (.*?) \(PID (\d+)\)", text)
+    if not match:
+        return "another process"
+    pid = int(match.group(2))
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        command = " ".join(a.decode(errors="replace") for a in argv if a)
+    except OSError:
+        command = match.group(1)
+    if len(command) > 100:
+        command = command[:97] + "..."
+    return f"PID {pid} ({command})"
+
+
+def _sandbox(con: duckdb.DuckDBPyConnection, out: Path, memory_limit: str | None) -> None:
+    """Confine a reader to the lake's data files, bound its memory, and lock that in."""
+    if memory_limit is None:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory_limit = f"{total // 2 // 2**20}MiB"
+    con.execute(f"SET memory_limit = {_literal(memory_limit)}")
+    con.execute("SET enable_progress_bar = false")  # it draws on stdout, between csv rows
+    con.execute(f"SET allowed_directories = [{_literal(str(out / DATA_DIR) + '/')}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def _attach_sql(out: Path, read_only: bool, snapshot: int | None) -> str:

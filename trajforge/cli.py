@@ -197,10 +197,10 @@ def _invoked_as() -> str:
 
 
 def _open_lake(out: Path, snapshot: int | None = None) -> Any:
-    from trajforge.store.lake import Lake, LakeError
+    from trajforge.store.lake import READER_LOCK_TIMEOUT_S, Lake, LakeError
 
     try:
-        return Lake.open(out, read_only=True, snapshot=snapshot)
+        return Lake.open(out, read_only=True, snapshot=snapshot, lock_timeout_s=READER_LOCK_TIMEOUT_S)
     except LakeError as exc:
         raise fail(str(exc)) from None
 
@@ -242,13 +242,20 @@ def sql(
     out: OutOpt = DEFAULT_OUT,
     format: Annotated[Format, typer.Option("--format", help="table, csv or json")] = Format.table,
     snapshot: Annotated[int | None, typer.Option(help="read the lake as of this snapshot")] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="stop the query after this many seconds (0: never)")
+    ] = 120.0,
 ) -> None:
-    """Query the lake with DuckDB SQL (read-only)."""
-    from trajforge.store.lake import LakeError
+    """Query the lake with DuckDB SQL (read-only; files outside the lake are out of reach)."""
+    from trajforge.store.lake import LakeError, QueryTimeout
 
+    if timeout < 0:
+        raise fail(f"--timeout {timeout:g}: use 0 (no limit) or a number of seconds")
     with _open_lake(out, snapshot) as lake:
         try:
-            result = lake.sql(query)
+            result = lake.sql(query, timeout_s=timeout or None)
+        except QueryTimeout as exc:
+            raise fail(f"{exc}; narrow the query (WHERE, LIMIT) or pass --timeout SECONDS") from None
         except LakeError as exc:
             raise fail(str(exc)) from None
     _emit(result, format)
