@@ -514,6 +514,11 @@ class Lake:
             row["changes"] = dict(row["changes"] or [])  # Arrow gives a MAP as (key, value) pairs
         return rows
 
+    def snapshot_id(self) -> int | None:
+        """The snapshot this lake reads (the latest, or the one it was opened at)."""
+        row = self._con.execute("FROM lake.current_snapshot()").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def snapshot_count(self) -> int:
         row = self._con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()
         return int(row[0]) if row else 0
@@ -579,7 +584,7 @@ def _lock_holder(text: str) -> str | None:
     pid = int(match.group(2))
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        command = " ".join(a.decode(errors="replace") for a in argv if a)
+        command = " ".join(b" ".join(argv).decode(errors="replace").split())  # one line
     except OSError:
         command = match.group(1)
     if len(command) > 100:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
-from trajforge.store.export import SFT, ExportError, export_sft
+from trajforge.store.export import MARKER, SFT, ExportError, export_sft
 from trajforge.store.lake import Lake, LakeError, ReadOnlyError
 
 
@@ -22,7 +24,9 @@ def test_export_writes_one_shard_of_successful_conversations(lake, tmp_path):
     shard = dest / "data" / "train-00000-of-00001.parquet"
     assert result.rows == 3
     assert result.shards == [shard]
-    assert sorted(p.name for p in dest.rglob("*")) == ["data", shard.name]
+    assert sorted(p.name for p in dest.rglob("*")) == [MARKER, "data", shard.name]
+    marker = json.loads((dest / MARKER).read_text())
+    assert marker["format"] == "sft" and marker["rows"] == 3 and marker["snapshot_id"] == lake.snapshot_id()
     table = pq.read_table(shard)
     assert table.schema.equals(SFT)
     assert table.column("trajectory_id").to_pylist() == ["traj-0000", "traj-0002", "traj-0004"]
@@ -42,23 +46,28 @@ def test_export_shards_and_filter(lake, tmp_path):
     assert filtered.rows == 2
 
 
-def test_export_refuses_a_non_empty_dest(lake, tmp_path):
+def test_export_replaces_only_an_earlier_export(lake, tmp_path):
     dest = tmp_path / "sft"
     dest.mkdir()
     (dest / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="not empty.*--overwrite"):
-        export_sft(lake, dest)
+    for overwrite in (False, True):
+        with pytest.raises(ExportError, match="holds no trajforge export"):
+            export_sft(lake, dest, overwrite=overwrite)
     assert (dest / "keep.txt").read_text() == "mine"
-    result = export_sft(lake, dest, overwrite=True)
-    assert result.rows == 3 and not (dest / "keep.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "sft"]  # no temporary dirs
+    earlier = tmp_path / "earlier"
+    export_sft(lake, earlier, where="num_steps >= 3")
+    with pytest.raises(ExportError, match="earlier export: pass --overwrite"):
+        export_sft(lake, earlier)
+    result = export_sft(lake, earlier, overwrite=True)
+    assert result.rows == 3 and json.loads((earlier / MARKER).read_text())["rows"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "out", "sft"]  # no temporary dirs
 
 
 def test_export_filter_cannot_write(lake, tmp_path):
     sneaky = "true) ORDER BY 1; DELETE FROM trajectories; SELECT * FROM trajectories WHERE (true"
-    with pytest.raises(ReadOnlyError):
+    with pytest.raises(ExportError, match="--where .*one condition"):
         export_sft(lake, tmp_path / "sft", where=sneaky)
-    with pytest.raises(LakeError, match="parse"):
+    with pytest.raises(ExportError, match="--where .*one condition"):
         export_sft(lake, tmp_path / "sft", where="true; DELETE FROM trajectories")
     assert lake.sql("SELECT count(*) AS n FROM trajectories").column("n")[0].as_py() == 6
     assert not (tmp_path / "sft").exists()

@@ -1,10 +1,23 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
 from trajforge.schemas.arrow import TABLES, TRAJECTORIES, to_table
-from trajforge.store.lake import Lake, LakeError, ReadOnlyError, duck_type, read_statements
+from trajforge.store.lake import (
+    ORPHAN_MIN_AGE_S,
+    Lake,
+    LakeError,
+    ReadOnlyError,
+    duck_type,
+    read_statements,
+)
 
 
 def count(lake: Lake, table: str) -> int:
@@ -252,3 +265,92 @@ def test_empty_tables_are_fine(out, make):
 def test_a_lake_open_twice_in_one_process_is_a_clear_error(out):
     with Lake.open(out), pytest.raises(LakeError, match="already open in this process"):
         Lake.open(out, read_only=True)
+
+
+HOLD = """
+import sys, time
+from trajforge.store.lake import Lake
+with Lake.open(sys.argv[1], read_only=True):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold(out, seconds: float) -> subprocess.Popen:
+    """Another process reading the lake (as `trajforge sql` does) for `seconds`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_writer_waits_for_a_reader_that_holds_the_lake(out, make):
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(0)]), make.run_row())
+    holder = hold(out, 3)
+    try:
+        started = time.monotonic()
+        with Lake.open(out, lock_timeout_s=60) as lake:
+            waited = time.monotonic() - started
+            assert holder.poll() is not None  # the writer got in once the reader had gone
+            result = lake.commit(make.batch([make.trajectory(1)]), make.run_row("run-2"))
+        assert result.added["trajectories"] == 1
+        assert 1 < waited < 30
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_writer_that_waits_too_long_names_the_holder(out, make):
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(0)]), make.run_row())
+    holder = hold(out, 30)
+    try:
+        started = time.monotonic()
+        with pytest.raises(LakeError, match=f"in use by PID {holder.pid} \\(.*python.*\\); waited 1 s"):
+            Lake.open(out, lock_timeout_s=1)
+        assert time.monotonic() - started < 10
+    finally:
+        holder.kill()
+        holder.wait()
+    with Lake.open(out, read_only=True) as lake:
+        assert count(lake, "trajectories") == 1
+
+
+CRASH = """
+import os, sys
+from trajforge.store.lake import Lake
+sys.path.insert(0, sys.argv[2])
+from conftest import batch, run_row, trajectory
+
+lake = Lake.open(sys.argv[1])
+# Killed after DuckLake wrote the batch's Parquet, before the catalog's COMMIT.
+lake._set_commit_message = lambda *args: os._exit(9)
+lake.commit(batch([trajectory(i) for i in range(10, 20)]), run_row("run-crashed"))
+"""
+
+
+def parquet_files(out) -> set:
+    return set((out / "lake").rglob("*.parquet"))
+
+
+def test_a_crashed_commit_leaves_no_orphans_after_the_next_writer_opens(out, make):
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([make.trajectory(i) for i in range(3)]), make.run_row())
+    committed = parquet_files(out)
+    crash = subprocess.run([sys.executable, "-c", CRASH, str(out), str(Path(__file__).parent)])
+    assert crash.returncode == 9
+    orphans = parquet_files(out) - committed
+    assert orphans, "the crashed commit wrote no Parquet"
+    an_hour_ago = time.time() - 2 * ORPHAN_MIN_AGE_S
+    for path in orphans:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    young = out / "lake" / "main" / "trajectories" / "being-written-right-now.parquet"
+    young.write_bytes(next(iter(orphans)).read_bytes())  # a concurrent writer's file: kept
+    with Lake.open(out) as lake:
+        assert count(lake, "trajectories") == 3
+        assert not lake.has_run("run-crashed")
+    assert parquet_files(out) == committed | {young}
+    with Lake.open(out, read_only=True) as lake:
+        assert count(lake, "trajectories") == 3
