@@ -139,6 +139,8 @@ _READ_TABLE_FUNCTIONS = frozenset(
         "glob",
     }
 )
+
+
 class LakeError(Exception):
     """A lake that cannot be opened, a commit that failed (and changed nothing), a bad query."""
 
@@ -330,7 +332,10 @@ class Lake:
                     ) from None
                 if delay == 0.05:
                     log.warning(
-                        "the lake at %s is in use by %s; waiting up to %g s", out, locked.holder, lock_timeout_s
+                        "the lake at %s is in use by %s; waiting up to %g s",
+                        out,
+                        locked.holder,
+                        lock_timeout_s,
                     )
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)

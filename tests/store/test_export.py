@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from trajforge.store.export import MARKER, SFT, ExportError, export_sft
-from trajforge.store.lake import Lake, LakeError, ReadOnlyError
+from trajforge.store.lake import Lake
 
 
 @pytest.fixture
