@@ -41,7 +41,7 @@ _CONFIG = {
 log = logging.getLogger(__name__)
 
 # How long an open waits for another process's hold on the catalog: a writer (a run's commit)
-# waits minutes, the command line's readers seconds (DuckDB's file catalog admits one process).
+# waits minutes, the command line's readers seconds (a writer needs DuckDB's file catalog to itself).
 WRITER_LOCK_TIMEOUT_S = 300.0
 READER_LOCK_TIMEOUT_S = 10.0
 # Parquet under lake/ that the catalog does not list and older than this is an orphan of a crashed
@@ -71,7 +71,7 @@ FROM (SELECT *, UNNEST(steps) AS s FROM trajectories)
 
 _READ_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 _EXPLAIN_PREFIX = re.compile(r"^\s*explain\s+(analy[sz]e\s+|\([^)]*\)\s*)?", re.IGNORECASE)
-# DuckLake's functions that change the lake (they delete files even from a read-only attach).
+# DuckLake's functions that change the lake or delete its files.
 _MAINTENANCE = frozenset(
     {
         "add_data_files",
@@ -582,14 +582,14 @@ def _lock_holder(text: str) -> str | None:
     """Who holds the catalog, from DuckDB's lock error ("... held in EXE (PID 123)"), else None."""
     if "Could not set lock" not in text:
         return None
-    # A DuckDB-file catalog admits one process at a time, readers included.
+    # A DuckDB-file catalog admits one writer, and no reader while it writes.
     match = re.search(r"held in (.*?) \(PID (\d+)\)", text)
     if not match:
         return "another process"
     pid = int(match.group(2))
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        command = " ".join(b" ".join(argv).decode(errors="replace").split())  # one line
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        command = " ".join(argv.decode(errors="replace").split())  # one line
     except OSError:
         command = match.group(1)
     if len(command) > 100:
