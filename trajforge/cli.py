@@ -318,8 +318,10 @@ def export(
     dest: Annotated[Path, typer.Option("--dest", help="folder to write the dataset into")],
     format: Annotated[ExportFormat, typer.Option("--format", help="sft")] = ExportFormat.sft,
     out: OutOpt = DEFAULT_OUT,
-    where: Annotated[str | None, typer.Option(help="extra SQL filter on trajectories")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace a non-empty --dest")] = False,
+    where: Annotated[
+        str | None, typer.Option(help="one condition on the trajectories columns, e.g. \"env = 'textworld'\"")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier export in --dest")] = False,
 ) -> None:
     """Export training shards (Hugging Face layout: data/train-00000-of-0000N.parquet)."""
     from trajforge.store.export import ExportError, export_sft
