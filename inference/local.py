@@ -260,16 +260,20 @@ class _Model:
     lock: threading.Lock  # calls on one model are serialised, whichever backend makes them
 
 
-_MODELS: dict[tuple[Path, int], _Model] = {}
+_MODELS: dict[tuple[Path, int, str], _Model] = {}
 _MODELS_LOCK = threading.Lock()
 
 
 def _shared_model(path: Path, threads: int) -> _Model:
-    """One loaded model per directory per process, however many backends (search threads) use it."""
+    """One loaded model per directory (and weights) per process, however many backends (search
+    threads) use it; new weights saved into the directory are loaded anew."""
+    from trajforge.inference.specs import weights_fingerprint
+
+    key = (path, threads, weights_fingerprint(path))
     with _MODELS_LOCK:
-        if (path, threads) not in _MODELS:
-            _MODELS[(path, threads)] = _load_model(path, threads)
-        return _MODELS[(path, threads)]
+        if key not in _MODELS:
+            _MODELS[key] = _load_model(path, threads)
+        return _MODELS[key]
 
 
 def _load_model(path: Path, threads: int) -> _Model:
