@@ -290,9 +290,10 @@ def search(
         result.cost_usd = after["cost_usd"] - before["cost_usd"]
         result.cached_calls = after["cached_calls"] - before["cached_calls"]
         result.model_calls = after["calls"] - before["calls"] + result.cached_calls
-        result.cached_tokens_in = after["cached_tokens_in"] - before["cached_tokens_in"]
-        result.cached_tokens_out = after["cached_tokens_out"] - before["cached_tokens_out"]
-        result.cached_cost_usd = after["cached_cost_usd"] - before["cached_cost_usd"]
+        spent = lambda key: after.get(key, 0) - before.get(key, 0)  # noqa: E731
+        result.cached_tokens_in = spent("cached_tokens_in")
+        result.cached_tokens_out = spent("cached_tokens_out")
+        result.cached_cost_usd = spent("cached_cost_usd")
     return result
 
 
