@@ -450,6 +450,8 @@ class ReliableClient(_Locked):
             try:
                 self._with_retries(PROBE, timeout_s, probing=True)
             except RequestFailed as exc:
+                if self.breaker.state != "closed":
+                    return  # opened meanwhile (by another client, or for a Retry-After): it decides
                 if _is_outage(exc.reason):
                     self.breaker.trip(None, f"the health probe failed: {exc.reason}")
                     return

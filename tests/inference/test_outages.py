@@ -245,3 +245,15 @@ def test_a_full_cache_disk_keeps_the_paid_answer(serve, tmp_path, monkeypatch):
     blocked.write_text("a file where the cache folder should be")  # unwritable even for root
     other = ReliableClient(OpenAIHTTPBackend(server.url, "m"), cache=blocked)
     assert other.chat(ask()).text == "ok" and other.stats()["cache_write_errors"] == 1
+
+
+def test_a_probe_told_to_retry_after_an_hour_keeps_the_breaker_open_that_long(serve):
+    def busy(prompt: str, handler: JSONHandler) -> None:
+        handler.send_json(503, b'{"error": {"message": "maintenance"}}', {"Retry-After": "3600"})
+
+    server = serve(busy)
+    client, _ = reliable_client(f"openai:{server.url}#m")  # probes before its first request
+    with pytest.raises(RequestFailed) as err:
+        client.chat(ask())
+    assert err.value.reason == "circuit_open" and "Retry-After" in str(err.value)
+    assert server.prompts == ["ping"] and client.breaker.open_s == 3600
