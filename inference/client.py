@@ -285,11 +285,11 @@ class OpenAIHTTPBackend:
             data = self._read_body(url, resp, deadline, seconds)
         except NewConnectionError as exc:  # before TimeoutError: urllib3 makes it one
             raise InferenceError(f"{url}: cannot connect: {exc}", reason="connect", retryable=True) from exc
-        except (TimeoutError, EmptyPoolError, OSError) as exc:
+        except (TimeoutError, EmptyPoolError) as exc:
             raise InferenceError(
                 f"{url}: {type(exc).__name__} after {seconds}s", reason="timeout", retryable=True
             ) from exc
-        except HTTPError as exc:
+        except (HTTPError, OSError) as exc:  # OSError: the connection broke while the body was read
             raise InferenceError(
                 f"{url}: {type(exc).__name__}: {exc}", reason="connect", retryable=True
             ) from exc
