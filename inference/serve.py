@@ -432,12 +432,13 @@ def build_app(backend: LocalBackend, api_key: str | None = None) -> Any:
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
     if api_key:
+        expected = f"Bearer {api_key}".encode()
 
         @app.middleware("http")
         async def require_key(request: Request, call_next: Any) -> Any:
             # As vLLM: every /v1 route needs `Authorization: Bearer KEY`; /health stays open.
-            given = request.headers.get("authorization", "")
-            if request.url.path.startswith("/v1") and not hmac.compare_digest(given, f"Bearer {api_key}"):
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path.startswith("/v1") and not hmac.compare_digest(given, expected):
                 return error(401, "Unauthorized", "AuthenticationError")
             return await call_next(request)
 
