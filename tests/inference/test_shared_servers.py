@@ -149,3 +149,34 @@ def test_policies_of_threads_in_one_process_share_the_server_until_the_last_clos
     assert answers(url)  # the third still uses it
     policies[2].close()
     assert wait_until(lambda: not answers(url) and not running(guard), 15)
+
+
+def test_a_pipeline_with_eight_search_threads_starts_one_server_and_stops_it_at_the_end(
+    tiny_model, server_dir, tmp_path, monkeypatch
+):
+    from trajforge.environments.toy import ToyEnvironment
+    from trajforge.flows.staging import RunDir
+    from trajforge.pipelines import synthesis
+    from trajforge.synthesizers.search import Budget, SearchSettings
+
+    monkeypatch.setattr(serve, "resolve_engine", lambda engine: "transformers")
+    specs = [
+        {"env": "toy", "env_task": s.env_task, "seed": s.seed} for s in ToyEnvironment().task_specs(8, 5)
+    ]
+    run_dir = RunDir(tmp_path, "run")
+    synthesis.run(
+        ["--runner=FnApiRunner"],
+        specs=specs,
+        staging=run_dir.staging,
+        run_id="run",
+        env_options={},
+        policies=[f"vllm:{tiny_model}"],
+        settings=SearchSettings(method="rollout", max_steps=2, budget=Budget(env_steps=10)),
+        concurrency=8,
+        model_options={"max_tokens": 4, "timeout_s": 30},
+    )
+    trajectories = run_dir.read_staged("trajectories").to_pylist()
+    assert len(trajectories) == 8 and all(t["model_calls"] > 0 for t in trajectories)
+    [start] = (server_dir / "servers.log").read_text().splitlines()  # one server for 8 searches
+    url = start.split()[3]
+    assert wait_until(lambda: not answers(url), 15)  # the pipeline is done: so is the server
