@@ -180,3 +180,26 @@ def test_a_pipeline_with_eight_search_threads_starts_one_server_and_stops_it_at_
     [start] = (server_dir / "servers.log").read_text().splitlines()  # one server for 8 searches
     url = start.split()[3]
     assert wait_until(lambda: not answers(url), 15)  # the pipeline is done: so is the server
+
+
+def test_hf_policies_of_many_threads_load_the_model_once(tiny_model):
+    import threading
+
+    from trajforge.inference import local
+    from trajforge.inference.client import ChatRequest
+
+    policies: list = []
+
+    def search_thread() -> None:
+        policy = make_llm_policy(f"hf:{tiny_model}", max_tokens=2)
+        policy.client.chat(ChatRequest([{"role": "user", "content": "hi"}], max_tokens=2))
+        policies.append(policy)
+
+    threads = [threading.Thread(target=search_thread) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    models = {id(p.client.backend._load()[1]) for p in policies}
+    assert len(policies) == 6 and len(models) == 1
+    assert sum(1 for key in local._MODELS if key[0] == Path(tiny_model).resolve()) == 1
