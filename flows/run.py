@@ -150,6 +150,9 @@ def _run_record(
         tokens_out=total("tokens_out"),
         cost_usd=float(pa.compute.sum(traj["cost_usd"]).as_py() or 0.0),
         env_steps=total("env_steps"),
+        cached_tokens_in=total("cached_tokens_in"),
+        cached_tokens_out=total("cached_tokens_out"),
+        cached_cost_usd=float(pa.compute.sum(traj["cached_cost_usd"]).as_py() or 0.0),
     )
 
 

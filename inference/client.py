@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -21,6 +22,8 @@ JSON_SCHEMA = "json_schema"  # constrained decoding to a JSON schema
 PROMPT_LOGPROBS = "prompt_logprobs"  # log-probabilities of the prompt's own tokens
 CONTINUE_FINAL = "continue_final"  # chat: go on from a final assistant message's prefix
 VLLM_CAPABILITIES = frozenset({CHOICE, JSON_SCHEMA, PROMPT_LOGPROBS, CONTINUE_FINAL})
+MAX_RESPONSE_BYTES = 16 << 20  # a bigger answer is a broken server, not a model's reply
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"  # sent as a bearer key when set and no other is named
 
 
 class InferenceError(RuntimeError):
@@ -193,18 +196,38 @@ class OpenAIHTTPBackend:
         *,
         capabilities: frozenset[str] = VLLM_CAPABILITIES,
         max_connections: int = 64,
+        api_key_env: str | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         root = base_url.rstrip("/")
         self.base_url = root if root.endswith("/v1") else root + "/v1"
         self._model = model
-        self.api_key = api_key
+        # The key itself is read from the environment of the process that sends (see _api_key), so a
+        # pickled backend (a Beam DoFn, a task's parameters) carries the variable's name, never the key.
+        self._explicit_key = api_key
+        self.api_key_env = api_key_env
         self.timeout_s = timeout_s
         self.capabilities = frozenset(capabilities)
         self.max_connections = max_connections
+        self.max_response_bytes = max_response_bytes
         self._http: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_http": None}
+
+    def __repr__(self) -> str:
+        return f"OpenAIHTTPBackend({self.base_url!r}, {self._model!r})"  # never the key
+
+    @property
+    def identity(self) -> str:
+        """Which server and model this is: processes share one circuit breaker per identity."""
+        return f"openai:{self.base_url}#{self._model or ''}"
+
+    def _api_key(self) -> str | None:
+        """The explicit key, else `$api_key_env`, else `$OPENAI_API_KEY` when set."""
+        if self._explicit_key:
+            return self._explicit_key
+        return os.environ.get(self.api_key_env or DEFAULT_API_KEY_ENV) or None
 
     @property
     def model(self) -> str:
@@ -234,8 +257,9 @@ class OpenAIHTTPBackend:
             import urllib3
 
             headers = {"Content-Type": "application/json"}
-            if self.api_key:
-                headers["Authorization"] = f"Bearer {self.api_key}"
+            key = self._api_key()
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
             # urllib3 rather than httpx: a third of the client CPU per request, which is what
             # bounds throughput when hundreds of requests a second are in flight.
             self._http = urllib3.PoolManager(maxsize=self.max_connections, block=True, headers=headers)
@@ -247,6 +271,7 @@ class OpenAIHTTPBackend:
 
         url = self.base_url + path
         seconds = timeout_s if timeout_s is not None else self.timeout_s
+        deadline = time.monotonic() + seconds
         try:
             resp = self._client().request(
                 method,
@@ -255,23 +280,65 @@ class OpenAIHTTPBackend:
                 timeout=urllib3.Timeout(total=seconds),
                 pool_timeout=seconds,  # all connections busy: wait for one, not forever
                 retries=False,  # retries are the reliability layer's, in one place
+                preload_content=False,  # the body is read below, against the deadline and the size cap
             )
+            data = self._read_body(url, resp, deadline, seconds)
         except NewConnectionError as exc:  # before TimeoutError: urllib3 makes it one
             raise InferenceError(f"{url}: cannot connect: {exc}", reason="connect", retryable=True) from exc
         except (TimeoutError, EmptyPoolError) as exc:
             raise InferenceError(
                 f"{url}: {type(exc).__name__} after {seconds}s", reason="timeout", retryable=True
             ) from exc
-        except HTTPError as exc:
+        except (HTTPError, OSError) as exc:  # OSError: the connection broke while the body was read
             raise InferenceError(
                 f"{url}: {type(exc).__name__}: {exc}", reason="connect", retryable=True
             ) from exc
         if resp.status >= 400:
-            raise _http_error(url, resp)
+            raise _http_error(url, _Answer(resp.status, resp.headers, data))
         try:
-            return json.loads(resp.data)
+            return json.loads(data)
         except ValueError as exc:
-            raise _malformed(f"{url} answered with invalid JSON", resp.data[:300]) from exc
+            raise _malformed(f"{url} answered with invalid JSON", data[:300]) from exc
+
+    def _read_body(self, url: str, resp: Any, deadline: float, seconds: float) -> bytes:
+        """The whole body, or an error once the attempt's wall-clock deadline passes (a server
+        trickling bytes resets every per-read timeout) or the body outgrows the size cap."""
+        chunks, size = [], 0
+        try:
+            declared = int(resp.headers.get("content-length") or 0)
+            if declared > self.max_response_bytes:
+                raise _too_large(url, declared, self.max_response_bytes)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise InferenceError(
+                        f"{url}: no complete answer within {seconds}s (wall-clock deadline)",
+                        reason="timeout",
+                        retryable=True,
+                    )
+                sock = getattr(resp.connection, "sock", None)
+                if sock is not None:
+                    sock.settimeout(left)  # no single read outlives the deadline either
+                try:
+                    chunk = resp.read1(1 << 16)
+                except TimeoutError as exc:  # socket.timeout
+                    raise InferenceError(
+                        f"{url}: no complete answer within {seconds}s (wall-clock deadline)",
+                        reason="timeout",
+                        retryable=True,
+                    ) from exc
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise _too_large(url, size, self.max_response_bytes)
+                chunks.append(chunk)
+        except BaseException:
+            resp.close()  # the connection holds unread bytes: never reuse it
+            resp.release_conn()
+            raise
+        resp.release_conn()
+        return b"".join(chunks)
 
 
 def _http_error(url: str, resp: Any) -> InferenceError:
@@ -289,6 +356,23 @@ def _http_error(url: str, resp: Any) -> InferenceError:
         reason=f"http_{resp.status}",
         retryable=retryable,
         retry_after_s=parse_retry_after(resp.headers.get("retry-after")),
+    )
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A response whose body has been read (against the deadline and the size cap)."""
+
+    status: int
+    headers: Any
+    data: bytes
+
+
+def _too_large(url: str, size: int, cap: int) -> InferenceError:
+    return InferenceError(
+        f"{url}: the response exceeds the cap of {cap} bytes (at least {size})",
+        reason="response_too_large",
+        retryable=False,
     )
 
 

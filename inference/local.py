@@ -55,8 +55,7 @@ class LocalBackend:
             raise FileNotFoundError(f"{self.model_path} holds no model (no config.json)")
         self.name = name or self.model_path.name
         self.threads = threads
-        self._lock = threading.Lock()  # one model call at a time
-        self._load_lock = threading.Lock()  # concurrent first calls must not load it twice
+        self._lock = threading.Lock()  # one model call at a time (the model's own lock once loaded)
         self._loaded: tuple[Any, Any] | None = None
         self._token_text: dict[int, str] = {}
 
@@ -69,6 +68,10 @@ class LocalBackend:
     @property
     def model(self) -> str:
         return self.name
+
+    @property
+    def identity(self) -> str:
+        return f"hf:{self.model_path.resolve()}"
 
     @property
     def max_model_len(self) -> int:
@@ -98,23 +101,10 @@ class LocalBackend:
 
     # -- the engine -------------------------------------------------------------------------------
     def _load(self) -> tuple[Any, Any]:
-        if self._loaded is not None:
-            return self._loaded
-        with self._load_lock:
-            return self._loaded or self._load_now()
-
-    def _load_now(self) -> tuple[Any, Any]:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        torch.set_num_threads(self.threads)  # under CPU contention 2 threads can be 100x slower
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).eval()
-        self._cache_kw = (
-            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        )
-        self._loaded = (tokenizer, model)
+        if self._loaded is None:
+            model = _shared_model(self.model_path.resolve(), self.threads)
+            self._lock, self._cache_kw = model.lock, model.cache_kw
+            self._loaded = (model.tokenizer, model.model)
         return self._loaded
 
     def _run(self, prompt: str, request: _Params, *, echo: bool) -> Response:
@@ -260,6 +250,42 @@ class LocalBackend:
 
     def _decode(self, tokens: list[int]) -> str:
         return self._load()[0].decode(tokens, skip_special_tokens=True)
+
+
+@dataclass
+class _Model:
+    tokenizer: Any
+    model: Any
+    cache_kw: str
+    lock: threading.Lock  # calls on one model are serialised, whichever backend makes them
+
+
+_MODELS: dict[tuple[Path, int, str], _Model] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _shared_model(path: Path, threads: int) -> _Model:
+    """One loaded model per directory (and weights) per process, however many backends (search
+    threads) use it; new weights saved into the directory are loaded anew."""
+    from trajforge.inference.specs import weights_fingerprint
+
+    key = (path, threads, weights_fingerprint(path))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = _load_model(path, threads)
+        return _MODELS[key]
+
+
+def _load_model(path: Path, threads: int) -> _Model:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(threads)  # under CPU contention 2 threads can be 100x slower
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return _Model(tokenizer, model, cache_kw, threading.Lock())
 
 
 def _pick(totals: list[float], temperature: float, rng: Any) -> int:

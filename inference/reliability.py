@@ -2,6 +2,12 @@
 with jittered exponential backoff that honours Retry-After, a circuit breaker, a health probe,
 an on-disk request cache, and usage/cost accounting.
 
+The breaker and the health state belong to the backend (its `identity`, e.g. server URL and
+model), one per process, however many clients (one per search thread) talk to it: a dead server
+opens one breaker once. With `probe=True` a one-token generation checks the server before the
+first request and whenever the breaker half-opens (vLLM's /v1/models stays 200 while its engine
+hangs).
+
     client = ReliableClient(OpenAIHTTPBackend(url, model), cache=RequestCache(run_dir / "llm-cache"))
     response = client.chat(ChatRequest(messages, max_tokens=64, seed=7))
     client.stats()  # calls, tokens, cost, cache hits/misses, retries, failures by reason
@@ -12,8 +18,10 @@ An unseeded sample is never cached, so n independent asks stay independent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import tempfile
@@ -37,10 +45,17 @@ from trajforge.inference.client import (
     send,
 )
 
+log = logging.getLogger(__name__)
+
 CACHE_FORMAT = 1  # bump when the cached Response layout changes
 # Failures that say the server is down or broken, as opposed to busy (429) or refusing this
 # request (4xx): only these trip the circuit breaker.
 OUTAGE_REASONS = {"timeout", "connect", "malformed"}
+PROBE = ChatRequest([{"role": "user", "content": "ping"}], max_tokens=1, temperature=0.0)
+
+
+def _is_outage(reason: str) -> bool:
+    return reason in OUTAGE_REASONS or reason.startswith("http_5")
 
 
 class RequestFailed(InferenceError):
@@ -85,7 +100,8 @@ class RetryPolicy:
 class CircuitBreaker(_Locked):
     """Closed: requests flow. After `failure_threshold` consecutive outages it opens and every
     request fails at once; after `cooldown_s` it half-opens and lets one trial request through,
-    whose success closes it and whose failure opens it again."""
+    whose success closes it and whose failure opens it again. `trip` opens it at once (a failed
+    health probe, a server asking to be left alone for longer than we wait)."""
 
     def __init__(
         self,
@@ -99,6 +115,8 @@ class CircuitBreaker(_Locked):
         self.clock = clock
         self.failures = 0
         self.opened_at: float | None = None
+        self.open_s = cooldown_s  # how long this opening lasts
+        self.why = ""
         self.trial_in_flight = False
         self.times_opened = 0
 
@@ -106,19 +124,20 @@ class CircuitBreaker(_Locked):
     def state(self) -> str:
         if self.opened_at is None:
             return "closed"
-        return "half_open" if self.clock() - self.opened_at >= self.cooldown_s else "open"
+        return "half_open" if self.clock() - self.opened_at >= self.open_s else "open"
 
-    def before(self, target: str) -> None:
+    def before(self, target: str) -> bool:
+        """Raises `circuit_open` unless a request may go; True when it is the half-open trial."""
         with self._lock:
             state = self.state
             if state == "closed":
-                return
+                return False
             if state == "half_open" and not self.trial_in_flight:
                 self.trial_in_flight = True
-                return
-            wait = max(0.0, self.cooldown_s - (self.clock() - (self.opened_at or 0.0)))
+                return True
+            wait = max(0.0, self.open_s - (self.clock() - (self.opened_at or 0.0)))
             raise InferenceError(
-                f"{target}: circuit open after {self.failures} consecutive failures; next try in {wait:.1f}s",
+                f"{target}: circuit open ({self.why}); next try in {wait:.1f}s",
                 reason="circuit_open",
                 retryable=False,
             )
@@ -127,14 +146,23 @@ class CircuitBreaker(_Locked):
         with self._lock:
             self.failures, self.opened_at, self.trial_in_flight = 0, None, False
 
-    def failure(self) -> None:
+    def failure(self, reason: str = "") -> None:
         with self._lock:
             self.failures += 1
             reopen = self.trial_in_flight
             self.trial_in_flight = False
             if reopen or (self.opened_at is None and self.failures >= self.failure_threshold):
-                self.opened_at = self.clock()
-                self.times_opened += 1
+                self._open(self.cooldown_s, f"after {self.failures} consecutive failures, last {reason}")
+
+    def trip(self, seconds: float | None, why: str) -> None:
+        """Open now, for `seconds` (at least the cool-down)."""
+        with self._lock:
+            self.trial_in_flight = False
+            self._open(max(self.cooldown_s, seconds or 0.0), why)
+
+    def _open(self, seconds: float, why: str) -> None:
+        self.opened_at, self.open_s, self.why = self.clock(), seconds, why
+        self.times_opened += 1
 
     def release(self) -> None:
         """A trial request ended without saying whether the server works (e.g. HTTP 400)."""
@@ -142,10 +170,39 @@ class CircuitBreaker(_Locked):
             self.trial_in_flight = False
 
 
+class BackendHealth(_Locked):
+    """What a process knows about one backend: its breaker, and whether a probe found it
+    generating. Shared by every client of that backend in the process (`shared_health`)."""
+
+    def __init__(self, breaker: CircuitBreaker | None = None) -> None:
+        super().__init__()
+        self.breaker = breaker or CircuitBreaker()
+        self.probed = False
+
+
+_HEALTH: dict[str, BackendHealth] = {}
+_HEALTH_LOCK = threading.Lock()
+
+
+def shared_health(identity: str) -> BackendHealth:
+    """The process's one BackendHealth of a backend identity (made on first use)."""
+    with _HEALTH_LOCK:
+        if identity not in _HEALTH:
+            _HEALTH[identity] = BackendHealth()
+        return _HEALTH[identity]
+
+
 # -- request cache --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CacheEntry:
+    response: Response
+    cost_usd: float | None  # what the answer cost when it was paid (None: written before this was kept)
+
+
 class RequestCache(_Locked):
-    """A directory of JSON files named by the sha256 of (model, kind, input, parameters).
-    Writes are atomic renames, so several processes may share one directory."""
+    """A directory of JSON files named by the sha256 of (model, its fingerprint, kind, input,
+    parameters). Writes are atomic renames, so several processes may share one directory. A
+    write that fails (disk full) is counted and logged, never raised: the answer was paid for."""
 
     def __init__(self, directory: str | Path, namespace: str = "") -> None:
         super().__init__()
@@ -153,8 +210,9 @@ class RequestCache(_Locked):
         self.namespace = namespace  # e.g. a prompt-template version: changing it misses the cache
         self.hits = 0
         self.misses = 0
+        self.write_errors = 0
 
-    def key(self, model: str, request: Request) -> str:
+    def key(self, model: str, request: Request, fingerprint: str = "") -> str:
         kind = "chat" if isinstance(request, ChatRequest) else "completion"
         data = request.messages if isinstance(request, ChatRequest) else request.prompt
         extra = {"continue_final": request.continue_final} if isinstance(request, ChatRequest) else {}
@@ -168,6 +226,8 @@ class RequestCache(_Locked):
             "input": data,
             "params": {**request.params(), **extra},
         }
+        if fingerprint:  # the weights (hf:, vllm:) or the user's model.revision (openai:)
+            payload["fingerprint"] = fingerprint
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -175,30 +235,45 @@ class RequestCache(_Locked):
         return self.directory / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> Response | None:
+        entry = self.lookup(key)
+        return None if entry is None else entry.response
+
+    def lookup(self, key: str) -> CacheEntry | None:
         try:
-            response = Response.from_dict(json.loads(self._path(key).read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
-            response = None  # absent or unreadable (a torn file from a killed run): ask again
+            data = json.loads(self._path(key).read_text())
+            cost = data.get("cost_usd")
+            entry = CacheEntry(Response.from_dict(data), None if cost is None else float(cost))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            entry = None  # absent or unreadable (a torn file from a killed run): ask again
         with self._lock:
-            if response is None:
+            if entry is None:
                 self.misses += 1
             else:
                 self.hits += 1
-        return response
+        return entry
 
-    def put(self, key: str, response: Response) -> None:
+    def put(self, key: str, response: Response, cost_usd: float | None = None) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(replace(response, cached=False).to_dict(), fh)
-        os.replace(tmp, path)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                json.dump({**replace(response, cached=False).to_dict(), "cost_usd": cost_usd}, fh)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with self._lock:
+                self.write_errors += 1
+            log.warning("request cache: cannot write %s (%s); the answer is used, not cached", path, exc)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
 
 # -- usage and cost -------------------------------------------------------------------------------
 class UsageMeter(_Locked):
     """Tokens per call and summed; cost from prices in USD per million tokens. Cached answers
-    are counted apart: they cost nothing again."""
+    are counted apart (they cost nothing again), with what they cost when they were paid."""
 
     def __init__(self, price_in_per_m: float = 0.0, price_out_per_m: float = 0.0) -> None:
         super().__init__()
@@ -208,14 +283,17 @@ class UsageMeter(_Locked):
         self.usage = Usage()
         self.cached_calls = 0
         self.cached_usage = Usage()
+        self.cached_cost_usd = 0.0
         self.retries = 0
         self.failures: Counter[str] = Counter()
 
-    def record(self, usage: Usage, *, cached: bool) -> None:
+    def record(self, usage: Usage, *, cached: bool, paid_usd: float | None = None) -> None:
+        """`paid_usd`: a cached answer's original cost (default: its tokens at today's prices)."""
         with self._lock:
             if cached:
                 self.cached_calls += 1
                 self.cached_usage += usage
+                self.cached_cost_usd += self.cost_of(usage) if paid_usd is None else paid_usd
             else:
                 self.calls += 1
                 self.usage += usage
@@ -247,6 +325,7 @@ class UsageMeter(_Locked):
                 "cached_calls": self.cached_calls,
                 "cached_tokens_in": self.cached_usage.prompt_tokens,
                 "cached_tokens_out": self.cached_usage.completion_tokens,
+                "cached_cost_usd": self.cached_cost_usd,
                 "retries": self.retries,
                 "failures": dict(self.failures),
             }
@@ -277,7 +356,11 @@ class Outcome:
 
 
 class ReliableClient(_Locked):
-    """A `Backend` that makes any backend dependable; see the module docstring."""
+    """A `Backend` that makes any backend dependable; see the module docstring.
+
+    Without an explicit `breaker`, the breaker and health state are the process's one for the
+    backend's `identity` (made again in the process that unpickles the client). `fingerprint`
+    names the model's weights (or revision) in cache keys: new weights miss the cache."""
 
     def __init__(
         self,
@@ -290,16 +373,37 @@ class ReliableClient(_Locked):
         meter: UsageMeter | None = None,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
+        probe: bool = False,
+        fingerprint: str = "",
     ) -> None:
         super().__init__()
         self.backend = backend
         self.timeout_s = timeout_s
         self.retry = retry or RetryPolicy()
-        self.breaker = breaker or CircuitBreaker()
+        identity = getattr(backend, "identity", None) if breaker is None else None
+        self._identity: str | None = identity if isinstance(identity, str) else None
+        self._health = shared_health(self._identity) if self._identity else BackendHealth(breaker)
         self.cache = RequestCache(cache) if isinstance(cache, str | Path) else cache
         self.meter = meter or UsageMeter()
         self.sleep = sleep
+        self.probe = probe
+        self.fingerprint = fingerprint
         self._rng = random.Random(seed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        if self._identity:
+            state.pop("_health")  # the receiving process has its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if self._identity:
+            self._health = shared_health(self._identity)
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._health.breaker
 
     @property
     def model(self) -> str:
@@ -321,38 +425,71 @@ class ReliableClient(_Locked):
     def call(self, request: Request, *, timeout_s: float | None = None) -> Response:
         key = None
         if self.cache is not None and (request.temperature == 0 or request.seed is not None):
-            key = self.cache.key(self.model, request)
-            hit = self.cache.get(key)
+            key = self.cache.key(self.model, request, self.fingerprint)
+            hit = self.cache.lookup(key)
             if hit is not None:
-                self.meter.record(hit.usage, cached=True)
-                return replace(hit, cached=True)
-        response = self._with_retries(request, timeout_s or self.timeout_s)
+                self.meter.record(hit.response.usage, cached=True, paid_usd=hit.cost_usd)
+                return replace(hit.response, cached=True)
+        seconds = timeout_s or self.timeout_s
+        self._probe_first(seconds)
+        response = self._with_retries(request, seconds)
         self.meter.record(response.usage, cached=False)
         if key is not None:
-            self.cache.put(key, response)  # type: ignore[union-attr]
+            self.cache.put(key, response, self.meter.cost_of(response.usage))  # type: ignore[union-attr]
         return response
 
-    def _with_retries(self, request: Request, timeout_s: float) -> Response:
+    def _probe_first(self, timeout_s: float) -> None:
+        """Before the first request to a backend in this process, one thread checks that it
+        generates (the others wait for its answer); a failed check opens the breaker."""
+        health = self._health
+        if not self.probe or health.probed:
+            return
+        with health._lock:
+            if health.probed or self.breaker.state != "closed":
+                return  # checked meanwhile, or the breaker already decides
+            try:
+                self._with_retries(PROBE, timeout_s, probing=True)
+            except RequestFailed as exc:
+                if self.breaker.state != "closed":
+                    return  # opened meanwhile (by another client, or for a Retry-After): it decides
+                if _is_outage(exc.reason):
+                    self.breaker.trip(None, f"the health probe failed: {exc.reason}")
+                    return
+            health.probed = True  # it generates, or answers this request with a 4xx of its own
+
+    def _with_retries(self, request: Request, timeout_s: float, *, probing: bool = False) -> Response:
         target = f"{type(request).__name__} to {request.model or self.model}"
         attempts: list[str] = []
         last: InferenceError | None = None
         for attempt in range(self.retry.max_attempts):
             try:
-                self.breaker.before(target)
+                trial = self.breaker.before(target)
+                if trial and self.probe and not probing:
+                    # The half-open trial is a one-token generation, not a user's request.
+                    send(self.backend, PROBE, timeout_s=timeout_s)
+                    self.breaker.success()
+                    self._health.probed = True
                 response = _check(request, send(self.backend, request, timeout_s=timeout_s))
             except InferenceError as exc:
                 last = exc
                 attempts.append(exc.reason)
                 self._note_failure(exc)
+                wait = exc.retry_after_s
+                if wait is not None and wait > self.retry.retry_after_max_s:
+                    # Longer than we ever wait: fail now, and let nobody ask before it is over.
+                    self.breaker.trip(wait, f"the server asked to wait {wait:.0f}s (Retry-After)")
+                    break
                 if not exc.retryable or attempt == self.retry.max_attempts - 1:
                     break
-                self.meter.record_retry()
+                if not probing:
+                    self.meter.record_retry()
                 self.sleep(self.retry.delay(attempt, exc.retry_after_s, self._rng))
                 continue
             self.breaker.success()
             return response
         assert last is not None
-        self.meter.record_failure(last.reason)
+        if not probing:
+            self.meter.record_failure(last.reason)
         raise RequestFailed(
             f"{target} failed after {len(attempts)} attempt(s) ({', '.join(attempts)}): {last}",
             reason=last.reason,
@@ -360,17 +497,16 @@ class ReliableClient(_Locked):
         ) from last
 
     def _note_failure(self, exc: InferenceError) -> None:
-        if exc.reason in OUTAGE_REASONS or exc.reason.startswith("http_5"):
-            self.breaker.failure()
+        if _is_outage(exc.reason):
+            self.breaker.failure(exc.reason)
         elif exc.reason != "circuit_open":
             self.breaker.release()
 
     def health(self, timeout_s: float = 10.0) -> Health:
         """A one-token generation: vLLM's /health can stay 200 while its engine hangs."""
         start = time.monotonic()
-        request = ChatRequest([{"role": "user", "content": "ping"}], max_tokens=1)
         try:
-            send(self.backend, request, timeout_s=timeout_s)
+            send(self.backend, PROBE, timeout_s=timeout_s)
         except InferenceError as exc:
             return Health(False, time.monotonic() - start, f"{exc.reason}: {exc}")
         return Health(True, time.monotonic() - start, "ok")
@@ -388,7 +524,15 @@ class ReliableClient(_Locked):
             return list(pool.map(one, requests))
 
     def stats(self) -> dict[str, Any]:
-        cache = {"cache_hits": self.cache.hits, "cache_misses": self.cache.misses} if self.cache else {}
+        cache = (
+            {
+                "cache_hits": self.cache.hits,
+                "cache_misses": self.cache.misses,
+                "cache_write_errors": self.cache.write_errors,
+            }
+            if self.cache
+            else {}
+        )
         return {**self.meter.snapshot(), **cache, "circuit": self.breaker.state}
 
 

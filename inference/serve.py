@@ -9,17 +9,30 @@ temperature, seed, stop, logprobs/top_logprobs, prompt_logprobs, echo, continue_
     serve_model("models/tiny", port=8000)                # blocks; Ctrl-C stops it
     with start_server("models/tiny") as server:          # in the background, on a free port
         OpenAIHTTPBackend(server.url, server.name)
+    server = shared_server("models/qwen", engine="vllm")  # one per model per machine, shared
+
+`shared_server` is how `vllm:` specs get their server: the first thread of the first process that
+asks starts it under a watchdog process; every process holds a shared lock on the model's users
+file while it uses the server, and the watchdog stops the server as soon as no process holds it
+(a process that dies, even by SIGKILL, lets go of its lock). The server also dies with its
+watchdog (PR_SET_PDEATHSIG on Linux). Where they live: $TRAJFORGE_SERVER_DIR, else a folder of
+this user under the system's temp dir; `servers.log` there lists every start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -34,6 +47,7 @@ from trajforge.inference.client import ChatRequest, CompletionRequest, Inference
 from trajforge.inference.local import LocalBackend
 
 ENGINES = ("auto", "vllm", "transformers")
+SERVER_DIR_ENV = "TRAJFORGE_SERVER_DIR"
 log = logging.getLogger(__name__)
 
 
@@ -76,12 +90,14 @@ def serve_model(
     port: int = 8000,
     name: str | None = None,
     engine: str = "auto",
+    api_key: str | None = None,
 ) -> None:
-    """Serve until interrupted. The served model name defaults to the directory's name."""
+    """Serve until interrupted. The served model name defaults to the directory's name. With
+    `api_key`, requests must carry it as a bearer token (as `vllm serve --api-key`)."""
     path = _check_model_dir(model_path)
     name = name or path.name
     if resolve_engine(engine) == "vllm":
-        proc = _start_vllm(path, host, port, name)
+        proc = _start_vllm(path, host, port, name, api_key)
         try:
             proc.wait()
         finally:
@@ -89,7 +105,7 @@ def serve_model(
         return
     sock = _bind(host, port)
     log.info("serving %s at http://%s:%d/v1", name, host, sock.getsockname()[1])
-    _uvicorn(build_app(LocalBackend(path, name))).run(sockets=[sock])
+    _uvicorn(build_app(LocalBackend(path, name), api_key)).run(sockets=[sock])
 
 
 def start_server(
@@ -192,26 +208,221 @@ def _has_gpu() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _start_vllm(path: Path, host: str, port: int, name: str) -> subprocess.Popen:
+def _vllm_command(path: Path, host: str, port: int, name: str) -> list[str]:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path)]
-    cmd += ["--served-model-name", name, "--host", host, "--port", str(port)]
+    return cmd + ["--served-model-name", name, "--host", host, "--port", str(port)]
+
+
+def _start_vllm(path: Path, host: str, port: int, name: str, api_key: str | None = None) -> subprocess.Popen:
+    cmd = _vllm_command(path, host, port, name)
     log.info("starting %s", " ".join(cmd))
-    return subprocess.Popen(cmd, start_new_session=True)
+    env = {**os.environ, "VLLM_API_KEY": api_key} if api_key else None  # not in argv, where ps shows it
+    return _spawn(cmd, env=env)
+
+
+def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A server process in a process group of its own (so it is stopped with its children),
+    in our session, and killed when its parent dies (Linux)."""
+    return subprocess.Popen(cmd, process_group=0, preexec_fn=_die_with_parent, env=env)
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1  # noqa: N806
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop_process(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
-    os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
+# -- one server per model per machine ---------------------------------------------------------------
+@dataclass
+class _Lease:
+    """This process's share of a machine-wide server: a shared lock on its users file."""
+
+    url: str
+    users_fd: int
+    guard: subprocess.Popen | None  # when this process started it
+    count: int = 0
+
+
+_LEASES: dict[str, _Lease] = {}
+_LEASES_LOCK = threading.Lock()
+
+
+def server_dir() -> Path:
+    return Path(
+        os.environ.get(SERVER_DIR_ENV) or Path(tempfile.gettempdir()) / f"trajforge-servers-{os.getuid()}"
+    )
+
+
+def shared_server(
+    model_path: str | Path, engine: str = "vllm", name: str | None = None, ready_timeout_s: float = 900.0
+) -> ServerHandle:
+    """The machine's one server of this model and engine, started if none runs (see the module
+    docstring). Each handle's `stop()` gives back its share; the server stops once every
+    process has given back all of its shares, or has died."""
+    path = _check_model_dir(model_path).resolve()
+    name = name or path.name
+    engine = resolve_engine(engine)
+    key = hashlib.sha256(f"{path}\0{engine}\0{name}".encode()).hexdigest()[:16]
+    with _LEASES_LOCK:
+        lease = _LEASES.get(key)
+        if lease is None:
+            lease = _LEASES[key] = _lease(key, path, engine, name, ready_timeout_s)
+        lease.count += 1
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            _release(key)
+
+    return ServerHandle(lease.url, name, engine, release)
+
+
+def _release(key: str) -> None:
+    with _LEASES_LOCK:
+        lease = _LEASES[key]
+        lease.count -= 1
+        if lease.count > 0:
+            return
+        del _LEASES[key]
+    os.close(lease.users_fd)  # our shared lock goes with it; the watchdog sees who is left
+    if lease.guard is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            lease.guard.wait(timeout=0)  # reap it if it is done
+
+
+def _lease(key: str, path: Path, engine: str, name: str, ready_timeout_s: float) -> _Lease:
+    folder = server_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    files = {k: str(folder / f"{key}.{k}") for k in ("lock", "users", "json")}
+    with _flock(files["lock"], fcntl.LOCK_EX):  # one starter at a time, and never while a watchdog stops it
+        users = os.open(files["users"], os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(users, fcntl.LOCK_SH)
+        try:
+            state = _read_json(files["json"])
+            if state and _pid_alive(state.get("guard_pid", 0)) and _answers(state["url"]):
+                return _Lease(state["url"], users, None)
+            host, port = "127.0.0.1", _free_port()
+            url = f"http://{host}:{port}"
+            cmd = server_command(engine, path, host, port, name)
+            guard = subprocess.Popen(
+                [sys.executable, "-m", "trajforge.inference.serve", "--guard", json.dumps(files), "--", *cmd]
+            )
+            _write_json(
+                files["json"], {"url": url, "guard_pid": guard.pid, "model": str(path), "engine": engine}
+            )
+            with open(folder / "servers.log", "a") as fh:
+                fh.write(f"{time.time():.3f} start {key} {url} {path} pid={os.getpid()} guard={guard.pid}\n")
+            log.info("started a shared %s server for %s at %s", engine, path, url)
+            _wait_ready(url, ready_timeout_s, alive=lambda: guard.poll() is None)
+            return _Lease(url, users, guard)
+        except BaseException:
+            os.close(users)
+            raise
+
+
+def server_command(engine: str, path: Path, host: str, port: int, name: str) -> list[str]:
+    if engine == "vllm":
+        return _vllm_command(path, host, port, name)
+    cmd = [sys.executable, "-m", "trajforge.cli", "serve-model", "--model", str(path), "--engine", engine]
+    return cmd + ["--host", host, "--port", str(port), "--name", name]
+
+
+def _guard(files: dict[str, str], cmd: list[str], poll_s: float = 0.5) -> int:
+    """The watchdog: runs the server, stops it once no process holds the users lock."""
+    server = _spawn(cmd)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while server.poll() is None:
+            time.sleep(poll_s)
+            with (
+                contextlib.suppress(BlockingIOError),  # a starter holds the lock, or users remain
+                _flock(files["lock"], fcntl.LOCK_EX | fcntl.LOCK_NB),
+                _flock(files["users"], fcntl.LOCK_EX | fcntl.LOCK_NB),
+            ):
+                _forget(files["json"])  # nobody uses it: the next user starts a new one
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _forget(files["json"])
+        _stop_process(server)
+    return 0
+
+
+def _forget(state_path: str) -> None:
+    state = _read_json(state_path)
+    if state and state.get("guard_pid") == os.getpid():
+        with contextlib.suppress(OSError):
+            os.unlink(state_path)
+
+
+@contextlib.contextmanager
+def _flock(path: str, how: int) -> Any:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, how)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    Path(tmp).write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 # -- the HTTP app ---------------------------------------------------------------------------------
-def build_app(backend: LocalBackend) -> Any:
+def build_app(backend: LocalBackend, api_key: str | None = None) -> Any:
+    import hmac
+
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -219,6 +430,17 @@ def build_app(backend: LocalBackend) -> Any:
 
     def error(status: int, message: str, kind: str) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+    if api_key:
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def require_key(request: Request, call_next: Any) -> Any:
+            # As vLLM: every /v1 route needs `Authorization: Bearer KEY`; /health stays open.
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path.startswith("/v1") and not hmac.compare_digest(given, expected):
+                return error(401, "Unauthorized", "AuthenticationError")
+            return await call_next(request)
 
     def handle(body: Any, chat: bool) -> JSONResponse:
         if not isinstance(body, dict):
@@ -372,3 +594,8 @@ def _prompt_token(t: TokenLogprob | None) -> dict[str, Any] | None:
     for rank, (k, v) in enumerate(t.top.items(), 1):
         out.setdefault(k, {"logprob": v, "rank": rank, "decoded_token": k})
     return out
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--guard"]:
+    # python -m trajforge.inference.serve --guard FILES_JSON -- SERVER_COMMAND...
+    sys.exit(_guard(json.loads(sys.argv[2]), sys.argv[sys.argv.index("--") + 1 :]))

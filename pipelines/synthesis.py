@@ -34,6 +34,7 @@ from apache_beam.utils.windowed_value import WindowedValue  # noqa: E402
 
 from trajforge.environments import registry  # noqa: E402
 from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
+from trajforge.inference.specs import model_fingerprint  # noqa: E402
 from trajforge.pipelines.judging import Judge  # noqa: E402
 from trajforge.schemas import arrow, ids  # noqa: E402
 from trajforge.schemas.records import Artifact, Failure, Task, Trajectory, TreeNode  # noqa: E402
@@ -189,6 +190,10 @@ class Search(_EnvDoFn):
     def _one(self, item: tuple[dict, str]) -> list[Any]:
         task, policy_spec = item
         key = search_key(self.settings)
+        # The model's weights (or revision) are part of every id: new weights make new data.
+        fingerprint = model_fingerprint(policy_spec, self.options.get("model", {}).get("revision"))
+        if fingerprint:
+            key = {**key, "model": fingerprint}
         seed = search_seed(task["task_id"], policy_spec, self.settings)
         try:
             with self.env(task["env"]) as env:
@@ -284,6 +289,9 @@ class Search(_EnvDoFn):
             cost_usd=result.cost_usd / share,
             model_calls=result.model_calls // share,
             cached_calls=result.cached_calls // share,
+            cached_tokens_in=result.cached_tokens_in // share,
+            cached_tokens_out=result.cached_tokens_out // share,
+            cached_cost_usd=result.cached_cost_usd / share,
             env_steps=result.env_steps // share + (result.env_steps % share if rank == 0 else 0),
             wall_s=result.wall_s / share,
             final_observation=path.final_observation,

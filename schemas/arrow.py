@@ -58,6 +58,9 @@ TRAJECTORIES = pa.schema(
         ("stop_reason", pa.string()),
         ("run_id", pa.string()),
         ("created_at", TS),
+        ("cached_tokens_in", pa.int64()),
+        ("cached_tokens_out", pa.int64()),
+        ("cached_cost_usd", pa.float64()),
     ]
 )
 
@@ -87,6 +90,9 @@ RUNS = pa.schema(
         ("cost_usd", pa.float64()),
         ("env_steps", pa.int64()),
         ("snapshot_id", pa.int64()),
+        ("cached_tokens_in", pa.int64()),
+        ("cached_tokens_out", pa.int64()),
+        ("cached_cost_usd", pa.float64()),
     ]
 )
 

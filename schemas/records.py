@@ -79,6 +79,9 @@ class Trajectory(Record):
     model_calls: int = 0
     cached_calls: int = 0  # answered from the request cache (e.g. on a resumed run): not paid again
     env_steps: int = 0
+    cached_tokens_in: int = 0  # tokens of those cached answers (tokens_in/out/cost_usd: paid now)
+    cached_tokens_out: int = 0
+    cached_cost_usd: float = 0.0  # what the cached answers cost when they were paid
     wall_s: float = 0.0
     final_observation: str = ""
     stop_reason: str = ""
@@ -165,3 +168,6 @@ class RunRecord(Record):
     cost_usd: float = 0.0
     env_steps: int = 0
     snapshot_id: int | None = None
+    cached_tokens_in: int = 0  # usage answered from the request cache: paid by an earlier attempt
+    cached_tokens_out: int = 0
+    cached_cost_usd: float = 0.0

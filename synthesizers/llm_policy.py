@@ -188,11 +188,16 @@ def make_llm_policy(
     timeout_s: float = 60.0,
     price_in_per_m: float = 0.0,
     price_out_per_m: float = 0.0,
+    api_key_env: str | None = None,
+    revision: str | None = None,
     **options: Any,
 ) -> LLMPolicy:
     """A policy for `openai:URL[#model]`, `hf:PATH` or `vllm:PATH`. Model calls go through a
     ReliableClient (with an on-disk cache under `cache_dir` when given, a per-request timeout
-    and a price per million tokens). `options` go to LLMPolicy (temperature, max_tokens,
-    max_history)."""
-    client, on_close = reliable_client(spec, cache_dir, timeout_s, price_in_per_m, price_out_per_m)
+    and a price per million tokens; `api_key_env` and `revision` as in `inference.specs`).
+    `options` go to LLMPolicy (temperature, max_tokens, max_history). Policies of one spec in a
+    process share its model: one loaded hf: model, one vllm: server per machine, one breaker."""
+    client, on_close = reliable_client(
+        spec, cache_dir, timeout_s, price_in_per_m, price_out_per_m, api_key_env, revision
+    )
     return LLMPolicy(client, client.backend.model, spec, on_close=on_close, **options)

@@ -33,7 +33,9 @@ class Budget:
     env_steps: int = 400
     simulations: int = 10_000
     wall_s: float = 300.0
-    tokens: int | None = None  # model tokens (in + out, priors included); None: no limit
+    # Model tokens (in + out, priors included; answers from the request cache count as they did when
+    # paid, so a replayed search stops where the original did); None: no limit.
+    tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,9 @@ class SearchResult:
     cost_usd: float = 0.0
     model_calls: int = 0
     cached_calls: int = 0
+    cached_tokens_in: int = 0  # usage answered from the request cache: paid before, not now
+    cached_tokens_out: int = 0
+    cached_cost_usd: float = 0.0  # what those answers cost when they were paid
     root: Node | None = None  # the search tree, for MCTS
 
 
@@ -285,6 +290,10 @@ def search(
         result.cost_usd = after["cost_usd"] - before["cost_usd"]
         result.cached_calls = after["cached_calls"] - before["cached_calls"]
         result.model_calls = after["calls"] - before["calls"] + result.cached_calls
+        spent = lambda key: after.get(key, 0) - before.get(key, 0)  # noqa: E731
+        result.cached_tokens_in = spent("cached_tokens_in")
+        result.cached_tokens_out = spent("cached_tokens_out")
+        result.cached_cost_usd = spent("cached_cost_usd")
     return result
 
 
@@ -301,8 +310,9 @@ def _usage(*users: Any) -> dict[str, Any]:
 
 
 class TokenMeter:
-    """Model tokens a policy (and a critic) spent since this meter was made (0 without a
-    metered client), checked against the budget between simulations and between steps."""
+    """Model tokens a policy (and a critic) used since this meter was made (0 without a
+    metered client), checked against the budget between simulations and between steps. Tokens
+    of cached answers count: a replay spends the budget as the paid original did."""
 
     def __init__(self, policy: Policy, limit: int | None, critic: Critic | None = None) -> None:
         self.users, self.limit = [policy, critic], limit
@@ -310,7 +320,8 @@ class TokenMeter:
 
     def _total(self) -> int:
         usage = _usage(*self.users)
-        return usage.get("tokens_in", 0) + usage.get("tokens_out", 0) if usage else 0
+        keys = ("tokens_in", "tokens_out", "cached_tokens_in", "cached_tokens_out")
+        return sum(usage.get(k, 0) for k in keys)
 
     def left(self) -> int | None:
         return None if self.limit is None else self.limit - (self._total() - self.start)

@@ -122,6 +122,12 @@ def _check_runnable(cfg: Any) -> None:
             raise ConfigError(f"envs.{env.name}.options: {exc}; see the README's environment table") from None
     for spec in cfg.policies:
         check_spec(spec)
+    key_env = cfg.model.api_key_env
+    if key_env and not os.environ.get(key_env):
+        raise ConfigError(
+            f"model.api_key_env: the environment variable {key_env} is not set; export it with the "
+            "server's key, or remove model.api_key_env"
+        )
     if cfg.critique and not cfg.judge:
         raise ConfigError("critique: needs a judge model; set 'judge' (or --judge SPEC) too")
     if cfg.mcts.critic_weight > 0 and not cfg.judge:
@@ -356,6 +362,15 @@ def serve_model(
         Path | None,
         typer.Option("--tiny", help="build a tiny random model in this folder and serve it (tests)"),
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="TRAJFORGE_SERVE_API_KEY",
+            show_envvar=True,
+            help="require this bearer key on /v1 (as `vllm serve --api-key`)",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model over the OpenAI-compatible API (chat, completions, logprobs, choices)."""
     if (model is None) == (tiny is None):
@@ -368,7 +383,7 @@ def serve_model(
         model = build_tiny_model(tiny)
     typer.echo(f"serving {name or Path(str(model)).name} at http://{host}:{port}/v1", err=True)
     try:
-        serve(model, host=host, port=port, name=name, engine=engine.value)
+        serve(model, host=host, port=port, name=name, engine=engine.value, api_key=api_key)
     except (ValueError, OSError) as exc:
         raise fail(f"serve-model: {exc}") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
 from functools import lru_cache
@@ -18,6 +19,20 @@ from trajforge.schemas.ids import canonical_json
 # Settings that decide where and how fast a run executes, not what data it makes:
 # they stay out of the fingerprint, so moving a run to another runner or folder keeps its id.
 EXECUTION_FIELDS = {"out", "pipeline_options", "workers", "concurrency", "requests_in_flight"}
+EXECUTION_MODEL_FIELDS = {"api_key_env"}
+# What code_version hashes when the checkout has uncommitted changes: the code, not notes or tests.
+CODE_PATHS = (
+    "trajforge",
+    "schemas",
+    "environments",
+    "inference",
+    "synthesizers",
+    "validators",
+    "pipelines",
+    "store",
+    "flows",
+    "pyproject.toml",
+)
 
 
 class EnvSpec(BaseModel):
@@ -63,6 +78,18 @@ class ModelConfig(BaseModel):
     timeout_s: float = Field(60.0, gt=0, description="per request")
     price_in_per_m: float = Field(0.0, ge=0, description="USD per million prompt tokens")
     price_out_per_m: float = Field(0.0, ge=0, description="USD per million completion tokens")
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="NAME of the environment variable that holds the API key of openai: servers "
+        "(default: OPENAI_API_KEY when it is set); the key itself never goes in a config",
+    )
+    revision: str | None = Field(
+        None,
+        min_length=1,
+        description="the served model's version (openai:): changing it changes the run id and misses "
+        "the request cache, as new weights do for hf:/vllm:",
+    )
 
 
 class RunConfig(BaseModel):
@@ -113,16 +140,30 @@ class RunConfig(BaseModel):
         return [value] if isinstance(value, str) else value
 
     def fingerprint_json(self) -> str:
-        return canonical_json(self.model_dump(mode="json", exclude=EXECUTION_FIELDS))
+        exclude: dict[str, Any] = {f: True for f in EXECUTION_FIELDS} | {"model": EXECUTION_MODEL_FIELDS}
+        return canonical_json(self.model_dump(mode="json", exclude=exclude))
 
     @property
     def config_hash(self) -> str:
         return hashlib.sha256(self.fingerprint_json().encode()).hexdigest()[:16]
 
+    def model_fingerprints(self) -> dict[str, str]:
+        """The fingerprint of each model SPEC of the run (policies, judge) that has one."""
+        from trajforge.inference.specs import model_fingerprint
+
+        specs = [*self.policies, *([self.judge] if self.judge else [])]
+        found = {spec: model_fingerprint(spec, self.model.revision) for spec in specs}
+        return {spec: fp for spec, fp in sorted(found.items()) if fp}
+
     @property
     def run_id(self) -> str:
-        """Same data settings and same code: same run, so a rerun resumes instead of forking."""
-        return hashlib.sha256(f"{self.config_hash}:{code_version()}".encode()).hexdigest()[:16]
+        """Same data settings, same models and same code: same run, so a rerun resumes instead
+        of forking; new weights under the same name (or a new model.revision) are a new run."""
+        base = f"{self.config_hash}:{code_version()}"
+        fingerprints = self.model_fingerprints()
+        if fingerprints:  # only with models: ids of runs without one stay as they were
+            base += ":" + canonical_json(fingerprints)
+        return hashlib.sha256(base.encode()).hexdigest()[:16]
 
     @property
     def sample_count(self) -> int:
@@ -159,18 +200,48 @@ class RunConfig(BaseModel):
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """The package version plus the git commit when running from a checkout."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{__version__}+{sha}" if sha else __version__
+    """The package version plus the git commit when running from a checkout, plus a hash of the
+    uncommitted changes to the code when there are any (`git_version`)."""
+    version = git_version(Path(__file__).resolve().parent)
+    return f"{__version__}+{version}" if version else __version__
+
+
+def git_version(directory: Path, paths: tuple[str, ...] = CODE_PATHS) -> str:
+    """HEAD's short sha; with uncommitted changes under `paths` (edits of tracked files, new
+    files not ignored), `SHA.dirty-HASH`, HASH covering the diff and the new files' contents.
+    "" outside a git checkout."""
+
+    def git(*args: str, cwd: Path = directory) -> bytes:
+        try:
+            done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return b""
+        return done.stdout if done.returncode == 0 else b""
+
+    sha = git("rev-parse", "--short=12", "HEAD").decode().strip()
+    top = git("rev-parse", "--show-toplevel").decode().strip()
+    if not sha or not top:
+        return sha
+    root = Path(top)
+    present = [p for p in paths if (root / p).exists()]
+    if not present:
+        return sha
+    diff = git("diff", "HEAD", "--binary", "--", *present, cwd=root)
+    new_files = sorted(
+        n
+        for n in git("ls-files", "-z", "--others", "--exclude-standard", "--", *present, cwd=root).split(
+            b"\0"
+        )
+        if n
+    )
+    if not diff and not new_files:
+        return sha
+    digest = hashlib.sha256(diff)
+    for name in new_files:
+        digest.update(name + b"\0")
+        with contextlib.suppress(OSError):  # gone meanwhile, or unreadable: its name still counts
+            digest.update(hashlib.sha256((root / name.decode()).read_bytes()).digest())
+    return f"{sha}.dirty-{digest.hexdigest()[:8]}"
 
 
 def _with_environment_defaults(data: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +275,8 @@ def _explain(exc: ValidationError) -> str:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "config"
     value = err.get("input")
+    if field == "model.api_key_env":  # a key pasted where its variable's name belongs is not echoed
+        return f"{field}: must be the NAME of an environment variable (e.g. OPENAI_API_KEY), not the key"
     if err["type"] == "extra_forbidden":
         known = ", ".join(sorted(RunConfig.model_fields))
         return f"{field}: unknown field; remove it (known fields: {known})"
