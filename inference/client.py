@@ -9,8 +9,10 @@ accounting live in one layer on top of any backend: `inference.reliability.Relia
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -25,7 +27,7 @@ VLLM_CAPABILITIES = frozenset({CHOICE, JSON_SCHEMA, PROMPT_LOGPROBS, CONTINUE_FI
 
 class InferenceError(RuntimeError):
     """A model call failed. `reason` is a short code such as 'timeout', 'connect', 'http_503',
-    'malformed', 'bad_request', 'circuit_open'."""
+    'malformed', 'bad_request', 'circuit_open', 'context_overflow'."""
 
     def __init__(self, message: str, *, reason: str, retryable: bool, retry_after_s: float | None = None):
         super().__init__(message)
@@ -224,6 +226,26 @@ class OpenAIHTTPBackend:
         body = self._request("POST", "/completions", completion_body(request, self.model), timeout_s)
         return parse_response(body, chat=False)
 
+    def model_info(self) -> dict[str, Any]:
+        """The server's entry for this model in `/v1/models` (vLLM's has `max_model_len`)."""
+        body = self._request("GET", "/models", None, self.timeout_s)
+        entries = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(entries, list):
+            raise _malformed(f"{self.base_url}/models lists no models", body)
+        return next((e for e in entries if isinstance(e, dict) and e.get("id") == self.model), {})
+
+    def tokenize(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of a chat prompt, chat template and generation prompt included, by the server's
+        tokenizer: vLLM's `/tokenize`, which it serves at the root, not under /v1."""
+        self._client()  # made before the copy, which shares its connection pool
+        root = copy.copy(self)
+        root.base_url = self.base_url.removesuffix("/v1")
+        body = root._request("POST", "/tokenize", {"model": self.model, "messages": messages}, self.timeout_s)
+        try:
+            return int(body["count"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _malformed(f"{root.base_url}/tokenize gave no count", body) from exc
+
     def close(self) -> None:
         if self._http is not None:
             self._http.clear()
@@ -284,12 +306,22 @@ def _http_error(url: str, resp: Any) -> InferenceError:
         detail = str(err.get("message") or err.get("detail") or err) if isinstance(err, dict) else str(err)
     except ValueError:
         pass
+    if resp.status == 400 and _TOO_LONG.search(detail):
+        return InferenceError(f"{url}: HTTP 400: {detail}", reason="context_overflow", retryable=False)
     return InferenceError(
         f"{url}: HTTP {resp.status}: {detail}",
         reason=f"http_{resp.status}",
         retryable=retryable,
         retry_after_s=parse_retry_after(resp.headers.get("retry-after")),
     )
+
+
+# How vLLM (and OpenAI) refuse a prompt over the model's context: "This model's maximum context
+# length is N tokens. However, you requested M tokens ...", "... is too long ...".
+_TOO_LONG = re.compile(
+    r"maximum context length|context length is|context window|prompt .{0,40}too long|too many tokens",
+    re.IGNORECASE,
+)
 
 
 def _malformed(message: str, payload: Any) -> InferenceError:

@@ -63,6 +63,12 @@ class ModelConfig(BaseModel):
     timeout_s: float = Field(60.0, gt=0, description="per request")
     price_in_per_m: float = Field(0.0, ge=0, description="USD per million prompt tokens")
     price_out_per_m: float = Field(0.0, ge=0, description="USD per million completion tokens")
+    context_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="the model's context window in tokens (prompt + completion); none: as the server "
+        "reports it (vLLM's max_model_len)",
+    )
 
 
 class RunConfig(BaseModel):
@@ -83,6 +89,12 @@ class RunConfig(BaseModel):
         description="best_of_n rollouts per task and policy (default: budget / max_steps)",
     )
     max_steps: int = Field(40, ge=1, le=10_000, description="steps per episode (MCTS: tree depth)")
+    max_observation_chars: int = Field(
+        20_000,
+        ge=256,
+        description="observations longer than this are cut (head and tail kept, a marker between) "
+        "before they reach prompts, trajectories and exports",
+    )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     mcts: MCTSConfig = Field(default_factory=MCTSConfig)
     max_trajectory_pairs: int = Field(4, ge=0, description="success/failure pairs per task")
@@ -143,6 +155,7 @@ class RunConfig(BaseModel):
             method=self.search,
             max_steps=self.max_steps,
             samples=self.sample_count,
+            max_observation_chars=self.max_observation_chars,
             budget=Budget(
                 self.budget.env_steps, self.budget.simulations, self.budget.wall_s, self.budget.tokens
             ),
