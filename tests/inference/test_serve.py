@@ -152,15 +152,12 @@ def test_errors_are_classified(backend):
 def test_models_and_tokenize_report_the_window_as_vllm_does(tiny_server, backend):
     [card] = httpx.get(f"{tiny_server.url}/v1/models").json()["data"]
     assert card["max_model_len"] == 4096  # the model config's max_position_embeddings
-    chat = httpx.post(
-        f"{tiny_server.url}/tokenize", json={"model": "tiny-llama", "messages": MESSAGES}
-    ).json()
+    tokenize = f"{tiny_server.url}/tokenize"
+    chat = httpx.post(tokenize, json={"model": "tiny-llama", "messages": MESSAGES}).json()
     assert chat["max_model_len"] == 4096 and chat["count"] == len(chat["tokens"])
     used = backend.chat(ChatRequest(MESSAGES, max_tokens=1, temperature=0.0)).usage.prompt_tokens
     assert chat["count"] == used  # the chat template and generation prompt are counted
-    plain = httpx.post(
-        f"{tiny_server.url}/tokenize", json={"model": "tiny-llama", "prompt": "hi there"}
-    ).json()
+    plain = httpx.post(tokenize, json={"model": "tiny-llama", "prompt": "hi there"}).json()
     assert plain["count"] == backend.complete(CompletionRequest("hi there", max_tokens=1)).usage.prompt_tokens
     missing = httpx.post(tokenize, json={"model": "other", "prompt": "hi"})
     assert missing.status_code == 404
