@@ -159,6 +159,13 @@ class ContextWindow:
         self._counts: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:  # Beam ships policies to workers
+        return {**self.__dict__, "_lock": None, "_counts": OrderedDict()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def size(self) -> int | None:
         if not self._asked:
