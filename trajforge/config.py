@@ -70,6 +70,17 @@ class ModelConfig(BaseModel):
         "reports it (vLLM's max_model_len)",
     )
 
+    @field_validator("context_tokens")
+    @classmethod
+    def _room_for_a_prompt(cls, value: int | None, info: Any) -> int | None:
+        max_tokens = info.data.get("max_tokens", 0)
+        if value is not None and value < max_tokens + 64:
+            raise ValueError(
+                f"leaves no room for a prompt next to max_tokens={max_tokens}; raise it above "
+                f"{max_tokens + 64} or lower model.max_tokens"
+            )
+        return value
+
 
 class RunConfig(BaseModel):
     """Everything a run needs. Unknown fields are refused."""
