@@ -103,6 +103,18 @@ def fit_messages(
     return msgs
 
 
+def framing(messages: Sequence[dict[str, str]], longest: int = 500) -> tuple[int, int]:
+    """(keep_head, keep_tail) for a prompt framed by a task and a question: the first paragraph
+    of the first user message and the last paragraph of the last message, each when short."""
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    if not users or not messages:
+        return 0, 0
+    first, last = users[0], messages[-1]["content"]
+    head = first.find("\n\n") + 2 if "\n\n" in first else 0
+    tail = len(last) - last.rfind("\n\n") if "\n\n" in last else 0
+    return (head if head <= longest else 0), (tail if tail <= longest else 0)
+
+
 def _head_length(msgs: Messages) -> int:
     """Leading system messages, the first user message and the reply after it."""
     i = 0

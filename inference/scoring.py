@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from trajforge.inference.client import Backend, ChatRequest, InferenceError, Response, Usage
-from trajforge.inference.context import ContextWindow
+from trajforge.inference.context import ContextWindow, framing
 
 # One question: (conversation, assistant prefix, candidate continuations).
 Question = tuple[list[dict[str, str]], str, list[str]]
@@ -62,13 +62,16 @@ def score_many(
     """`score_candidates` for many questions, their requests all in one pool of `concurrency`
     threads, so a model server always has work; a question whose request failed gets its error.
     Each conversation is fitted to the client's context window (`window`: the caller's, else
-    one asked from the client) with room for its longest candidate."""
+    one asked from the client) with room for its longest candidate, its task and question kept
+    (`inference.context.framing`)."""
     window = window or ContextWindow(client)
     fitted: list[Question | InferenceError] = []
     for msgs, prefix, candidates in questions:
         longest = max(candidates, key=lambda c: len(c.encode()), default="")
         try:
-            msgs = window.fit(msgs, 1, suffix=[{"role": "assistant", "content": prefix + longest}])
+            head, tail = framing(msgs)
+            answer = {"role": "assistant", "content": prefix + longest}
+            msgs = window.fit(msgs, 1, suffix=[answer], keep_head=head, keep_tail=tail)
         except InferenceError as exc:  # context_overflow: this question fails
             fitted.append(exc)
             continue

@@ -20,12 +20,13 @@ MAX_OBSERVATION = 2000  # characters of the observation shown: bounds the prompt
 
 
 def action_messages(instruction: str, observation: str, actions: list[str]) -> list[dict[str, str]]:
-    listed = "\n".join(f"- {a}" for a in actions)
-    user = (
-        f"Task: {instruction}\n\nThe agent sees:\n{observation[:MAX_OBSERVATION]}\n\n"
-        f"Candidate actions:\n{listed}\n\nWhich action best advances the task?"
-    )
+    user = f"Task: {instruction}\n\nThe agent sees:\n{observation[:MAX_OBSERVATION]}" + _question(actions)
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def _question(actions: list[str]) -> str:
+    listed = "\n".join(f"- {a}" for a in actions)
+    return f"\n\nCandidate actions:\n{listed}\n\nWhich action best advances the task?"
 
 
 class ActionCritic:
@@ -47,6 +48,10 @@ class ActionCritic:
         if len(actions) < 2:
             return {}
         msgs = action_messages(instruction, observation, actions)
+        # Fitted to the critic's context here, where the candidates are known: they are never cut.
+        head = len(f"Task: {instruction}\n\nThe agent sees:\n")
+        answer = {"role": "assistant", "content": "Best action: " + max(actions, key=len)}
+        msgs = self.window.fit(msgs, 1, suffix=[answer], keep_head=head, keep_tail=len(_question(actions)))
         scores, _ = score_candidates(self.client, self.model, msgs, "Best action: ", actions, self.window)
         probs = softmax(scores)
         top = max(probs)

@@ -13,7 +13,10 @@ from trajforge.inference.client import ChatRequest, InferenceError, OpenAIHTTPBa
 from trajforge.inference.context import ContextWindow, estimate_tokens, fit_messages, shorten
 from trajforge.inference.local import LocalBackend
 from trajforge.inference.reliability import ReliableClient
+from trajforge.inference.scoring import candidate_requests, score_many
 from trajforge.inference.serve import start_server
+from trajforge.validators.critic import ActionCritic, action_messages
+from trajforge.validators.judge import critique_question, judge_question
 
 
 def conversation(steps: int, obs: str = "You are in a room. " * 20) -> list[dict[str, str]]:
@@ -159,3 +162,30 @@ def test_without_tokenize_the_estimate_fits_the_prompt(small_server):
         proxy.stop()
     assert not window._server_counts  # the 404 was taken as "not offered"
     assert answer.usage.prompt_tokens + 64 <= 512
+
+
+def test_a_long_trajectory_is_judged_and_critiqued_within_a_small_context(small_server):
+    client = ReliableClient(OpenAIHTTPBackend(small_server.url, small_server.name, timeout_s=30))
+    steps = [
+        {"index": i, "observation": f"Room {i}. " + "Dusty walls. " * 30, "action": "go east"}
+        for i in range(30)
+    ]
+    trajectory = {"instruction": "Open the door.", "steps": steps, "final_observation": "The door opens."}
+    whole = candidate_requests(small_server.name, judge_question(trajectory))[0]
+    with pytest.raises(InferenceError) as refused:  # sent as it is, the judge's prompt does not fit
+        client.chat(whole)
+    assert refused.value.reason == "context_overflow"
+    verdict, critique = score_many(
+        client, small_server.name, [judge_question(trajectory), critique_question(trajectory)]
+    )
+    assert not isinstance(verdict, Exception) and not isinstance(critique, Exception)
+    assert len(verdict[0]) == 2 and len(critique[0]) == 30
+
+
+def test_the_critic_ranks_every_action_of_a_long_page_within_a_small_context(small_server):
+    client = ReliableClient(OpenAIHTTPBackend(small_server.url, small_server.name, timeout_s=30))
+    actions = [f"click button {i}" for i in range(12)]
+    page = '- button "Buy" [ref=e1]\n' * 200  # 2000 characters reach the critic: ~1000 tokens
+    assert ContextWindow(client).count(action_messages("Buy the hose.", page, actions)) > 512
+    values = ActionCritic(client, small_server.name).values("Buy the hose.", page, actions)
+    assert set(values) == set(actions) and max(values.values()) == 1.0
