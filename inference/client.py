@@ -317,9 +317,10 @@ def _http_error(url: str, resp: Any) -> InferenceError:
 
 
 # How vLLM (and OpenAI) refuse a prompt over the model's context: "This model's maximum context
-# length is N tokens. However, you requested M tokens ...", "... is too long ...".
+# length is N tokens. However, you requested M tokens ...", "The decoder prompt (length N) is
+# longer than the maximum model length of M", "... prompt is too long ...".
 _TOO_LONG = re.compile(
-    r"maximum context length|context length is|context window|prompt .{0,40}too long|too many tokens",
+    r"maximum (context|model) length|context window|exceeds .{0,30}context|prompt .{0,40}too long",
     re.IGNORECASE,
 )
 

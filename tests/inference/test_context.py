@@ -3,6 +3,7 @@ real byte-level tokenizer, and the window and counts as the CPU server reports t
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 
@@ -189,3 +190,36 @@ def test_the_critic_ranks_every_action_of_a_long_page_within_a_small_context(sma
     assert ContextWindow(client).count(action_messages("Buy the hose.", page, actions)) > 512
     values = ActionCritic(client, small_server.name).values("Buy the hose.", page, actions)
     assert set(values) == set(actions) and max(values.values()) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (
+            "'max_tokens' or 'max_completion_tokens' is too large: 500. This model's maximum context length "
+            "is 1024 tokens and your request has 600 input tokens (500 > 1024 - 600).",
+            "context_overflow",
+        ),
+        (
+            "The decoder prompt (length 5000) is longer than the maximum model length of 4096.",
+            "context_overflow",
+        ),
+        ("prompt exceeds the model's context", "context_overflow"),
+        ("temperature must be non-negative", "http_400"),
+    ],
+)
+def test_a_servers_too_long_refusal_is_context_overflow_and_not_retried(message, reason):
+    class Refuses(JSONHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = {"error": {"message": message, "type": "BadRequestError", "code": 400}}
+            self.send_json(400, json.dumps(body).encode())
+
+    server = LoopbackServer(Refuses)
+    try:
+        client = ReliableClient(OpenAIHTTPBackend(server.origin, "m", timeout_s=5), sleep=lambda _: None)
+        with pytest.raises(InferenceError) as exc:
+            client.chat(ChatRequest([{"role": "user", "content": "hi"}], max_tokens=500))
+    finally:
+        server.stop()
+    assert exc.value.reason == reason and client.stats()["retries"] == 0
