@@ -99,13 +99,15 @@ def test_a_web_run_against_a_1024_token_model_commits_every_trajectory(cli, smal
     assert first_prompt_tokens(small_model, "webapp", first["env_task"], first["seed"]) + MAX_TOKENS > WINDOW
 
 
-def test_model_context_tokens_in_the_config_overrides_the_server(cli, small_model, tmp_path):
-    """A window set smaller than the server's is respected: the prompts the run sent were cut to it."""
+def test_the_configured_window_and_observation_cap_bound_prompts_and_rows(cli, small_model, tmp_path):
+    """`model.context_tokens` smaller than the server's window is respected (the prompts the run
+    sent were cut to it), and `max_observation_chars` caps the observations the lake holds."""
     config = tmp_path / "run.yaml"
     settings = {
-        "envs": [{"name": "toy", "options": {"wall_text": 2000}}],  # rooms of ~1000 tokens each
+        "envs": [{"name": "toy", "options": {"wall_text": 5000}}],  # rooms of ~3000 tokens each
         "tasks": 2,
         "max_steps": 4,
+        "max_observation_chars": 1000,
         "model": {"context_tokens": 400, "max_tokens": 32},
     }
     config.write_text(json.dumps({**settings, "policies": [f"openai:{small_model}/v1#tiny"]}))
@@ -114,3 +116,12 @@ def test_model_context_tokens_in_the_config_overrides_the_server(cli, small_mode
     assert result.returncode == 0, result.stderr
     rows = sql_json(cli, out, "SELECT model_calls, tokens_in FROM trajectories")
     assert len(rows) == 2 and all(0 < r["tokens_in"] <= r["model_calls"] * (400 - 32) for r in rows)
+    marker = len("[... 9999 characters cut ...]")
+    [seen] = sql_json(
+        cli,
+        out,
+        "SELECT max(length(observation)) AS longest, "
+        "bool_and(observation LIKE '%characters cut ...]%') AS cut FROM steps",
+    )
+    [final] = sql_json(cli, out, "SELECT max(length(final_observation)) AS longest FROM trajectories")
+    assert seen["cut"] and 1000 < seen["longest"] <= 1000 + marker and final["longest"] <= 1000 + marker
