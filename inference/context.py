@@ -2,8 +2,9 @@
 
 The window comes from `model.context_tokens` (config) or the server (`max_model_len` in vLLM's
 `/v1/models`); tokens are counted by the server's tokenizer (`/tokenize`, chat template
-included) where offered, else estimated from above. Every prompt the project sends goes through
-`fit_messages`: it drops the oldest history first (the system message, the first exchange, which
+included) where offered, else estimated from above. The prompts of policies, critics and judges
+go through `fit_messages` (all but the judge's on Beam's own vLLM handler, which holds no client
+to count with): it drops the oldest history first (the system message, the first exchange, which
 carries the task, and the last message stay), then shortens observations, oldest first and the
 last one last, with a visible marker. What cannot fit even so fails its item with the reason
 `context_overflow`, as a server's "maximum context length" refusal does.
