@@ -3,6 +3,8 @@
 Tasks are named `corridor-L-K` (corridor length L, key in room K). A task named with the
 suffix `-crash` raises on its second step, so tests can prove that a crashing environment
 fails one item and not the run; the option `crash_every=N` makes every Nth task such a one.
+The option `wall_text=N` writes N characters on the corridor's walls, into every room's
+description: an observation as long as a big web page.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ class ToyEnvironment:
     name = "toy"
     supports_snapshot = True
 
-    def __init__(self, max_length: int = 4, crash_every: int = 0) -> None:
+    def __init__(self, max_length: int = 4, crash_every: int = 0, wall_text: int = 0) -> None:
         self.max_length = max_length
         self.crash_every = crash_every
+        self.wall_text = wall_text
         self._length = 0
         self._key = 0
         self._crash = False
@@ -60,7 +63,11 @@ class ToyEnvironment:
             here += " A key lies here."
         if s.room == self._length:
             here += " A locked door is here."
-        return here + (" You carry a key." if s.has_key else "")
+        here += " You carry a key." if s.has_key else ""
+        if self.wall_text:
+            words = " ".join(f"room{s.room}-line{i}" for i in range(self.wall_text // 8 + 1))
+            here += " The walls read: " + words[: self.wall_text]
+        return here
 
     def admissible_actions(self) -> list[str]:
         s = self._state

@@ -9,9 +9,11 @@ accounting live in one layer on top of any backend: `inference.reliability.Relia
 
 from __future__ import annotations
 
+import copy
 import email.utils
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -28,7 +30,7 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"  # sent as a bearer key when set and no o
 
 class InferenceError(RuntimeError):
     """A model call failed. `reason` is a short code such as 'timeout', 'connect', 'http_503',
-    'malformed', 'bad_request', 'circuit_open'."""
+    'malformed', 'bad_request', 'circuit_open', 'context_overflow'."""
 
     def __init__(self, message: str, *, reason: str, retryable: bool, retry_after_s: float | None = None):
         super().__init__(message)
@@ -247,6 +249,26 @@ class OpenAIHTTPBackend:
         body = self._request("POST", "/completions", completion_body(request, self.model), timeout_s)
         return parse_response(body, chat=False)
 
+    def model_info(self) -> dict[str, Any]:
+        """The server's entry for this model in `/v1/models` (vLLM's has `max_model_len`)."""
+        body = self._request("GET", "/models", None, self.timeout_s)
+        entries = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(entries, list):
+            raise _malformed(f"{self.base_url}/models lists no models", body)
+        return next((e for e in entries if isinstance(e, dict) and e.get("id") == self.model), {})
+
+    def tokenize(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of a chat prompt, chat template and generation prompt included, by the server's
+        tokenizer: vLLM's `/tokenize`, which it serves at the root, not under /v1."""
+        self._client()  # made before the copy, which shares its connection pool
+        root = copy.copy(self)
+        root.base_url = self.base_url.removesuffix("/v1")
+        body = root._request("POST", "/tokenize", {"model": self.model, "messages": messages}, self.timeout_s)
+        try:
+            return int(body["count"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _malformed(f"{root.base_url}/tokenize gave no count", body) from exc
+
     def close(self) -> None:
         if self._http is not None:
             self._http.clear()
@@ -351,6 +373,8 @@ def _http_error(url: str, resp: Any) -> InferenceError:
         detail = str(err.get("message") or err.get("detail") or err) if isinstance(err, dict) else str(err)
     except ValueError:
         pass
+    if resp.status == 400 and _TOO_LONG.search(detail):
+        return InferenceError(f"{url}: HTTP 400: {detail}", reason="context_overflow", retryable=False)
     return InferenceError(
         f"{url}: HTTP {resp.status}: {detail}",
         reason=f"http_{resp.status}",
@@ -374,6 +398,15 @@ def _too_large(url: str, size: int, cap: int) -> InferenceError:
         reason="response_too_large",
         retryable=False,
     )
+
+
+# How vLLM (and OpenAI) refuse a prompt over the model's context: "This model's maximum context
+# length is N tokens. However, you requested M tokens ...", "The decoder prompt (length N) is
+# longer than the maximum model length of M", "... prompt is too long ...".
+_TOO_LONG = re.compile(
+    r"maximum (context|model) length|context window|exceeds .{0,30}context|prompt .{0,40}too long",
+    re.IGNORECASE,
+)
 
 
 def _malformed(message: str, payload: Any) -> InferenceError:

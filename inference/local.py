@@ -49,21 +49,34 @@ class LocalBackend:
 
     capabilities = LOCAL_CAPABILITIES
 
-    def __init__(self, model_path: str | Path, name: str | None = None, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        name: str | None = None,
+        *,
+        threads: int = 1,
+        max_model_len: int | None = None,
+    ) -> None:
         self.model_path = Path(model_path)
         if not (self.model_path / "config.json").is_file():
             raise FileNotFoundError(f"{self.model_path} holds no model (no config.json)")
         self.name = name or self.model_path.name
         self.threads = threads
+        self._max_model_len = max_model_len  # None: the model config's max_position_embeddings
         self._lock = threading.Lock()  # one model call at a time (the model's own lock once loaded)
         self._loaded: tuple[Any, Any] | None = None
         self._token_text: dict[int, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"model_path": self.model_path, "name": self.name, "threads": self.threads}
+        return {
+            "model_path": self.model_path,
+            "name": self.name,
+            "threads": self.threads,
+            "max_model_len": self._max_model_len,
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["model_path"], state["name"], threads=state["threads"])  # type: ignore[misc]
+        self.__init__(**state)  # type: ignore[misc]
 
     @property
     def model(self) -> str:
@@ -75,7 +88,29 @@ class LocalBackend:
 
     @property
     def max_model_len(self) -> int:
+        if self._max_model_len is not None:
+            return self._max_model_len
         return int(getattr(self._load()[1].config, "max_position_embeddings", 2048))
+
+    def model_info(self) -> dict[str, Any]:
+        return {"id": self.name, "max_model_len": self.max_model_len}
+
+    def tokenize(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of a chat prompt as `chat` renders it, generation prompt included."""
+        return len(self.token_ids(messages=messages))
+
+    def token_ids(
+        self,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        prompt: str | None = None,
+        add_generation_prompt: bool = True,
+        continue_final: bool = False,
+    ) -> list[int]:
+        """The prompt's tokens as `chat` (messages) or `complete` (prompt) sees them."""
+        if messages is not None:
+            prompt = self._render(messages, add_generation_prompt and not continue_final, continue_final)
+        return self._encode(prompt or "")
 
     def close(self) -> None:
         self._loaded = None
@@ -84,17 +119,21 @@ class LocalBackend:
         self._load()
 
     def chat(self, request: ChatRequest, *, timeout_s: float | None = None) -> Response:
-        tokenizer, _ = self._load()
+        prompt = self._render(list(request.messages), not request.continue_final, request.continue_final)
+        return self._run(prompt, request, echo=False)
+
+    def _render(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool, continue_final: bool
+    ) -> str:
         try:
-            prompt = tokenizer.apply_chat_template(
-                list(request.messages),
+            return self._load()[0].apply_chat_template(
+                messages,
                 tokenize=False,
-                add_generation_prompt=not request.continue_final,
-                continue_final_message=request.continue_final,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final,
             )
         except Exception as exc:  # jinja and template errors: the request is at fault
             raise _bad_request(f"cannot render the chat: {exc}") from exc
-        return self._run(prompt, request, echo=False)
 
     def complete(self, request: CompletionRequest, *, timeout_s: float | None = None) -> Response:
         return self._run(request.prompt, request, echo=request.echo)
@@ -118,11 +157,14 @@ class LocalBackend:
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if not ids:
             raise _bad_request("the prompt is empty")
-        budget = self.max_model_len - len(ids)
-        if request.choice is None and request.max_tokens > budget:
-            raise _bad_request(
-                f"prompt ({len(ids)} tokens) + max_tokens ({request.max_tokens}) exceeds the model's "
-                f"context of {self.max_model_len} tokens"
+        if len(ids) + request.max_tokens > self.max_model_len:  # in vLLM's words
+            raise InferenceError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                f"requested {len(ids) + request.max_tokens} tokens ({len(ids)} in the messages, "
+                f"{request.max_tokens} in the completion). Please reduce the length of the messages "
+                "or completion.",
+                reason="context_overflow",
+                retryable=False,
             )
         with self._lock, _inference_mode():
             logits, cache = self._forward(ids, None)

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from trajforge.inference.client import Backend, ChatRequest, Response, Usage
+from trajforge.inference.client import Backend, ChatRequest, InferenceError, Response, Usage
+from trajforge.inference.context import ContextWindow, framing
 
 # One question: (conversation, assistant prefix, candidate continuations).
 Question = tuple[list[dict[str, str]], str, list[str]]
@@ -35,22 +36,47 @@ def candidate_requests(model: str | None, question: Question) -> list[ChatReques
 
 
 def score_candidates(
-    client: Backend, model: str | None, msgs: list[dict[str, str]], prefix: str, candidates: list[str]
+    client: Backend,
+    model: str | None,
+    msgs: list[dict[str, str]],
+    prefix: str,
+    candidates: list[str],
+    window: ContextWindow | None = None,
 ) -> tuple[list[float], Usage]:
     """log P(candidate | conversation, assistant prefix) for each candidate, up to a constant
     shared by all (see `candidate_scores`)."""
-    [result] = score_many(client, model, [(msgs, prefix, candidates)], concurrency=8)
+    [result] = score_many(client, model, [(msgs, prefix, candidates)], concurrency=8, window=window)
     if isinstance(result, Exception):
         raise result
     return result
 
 
 def score_many(
-    client: Backend, model: str | None, questions: Sequence[Question], *, concurrency: int = 64
+    client: Backend,
+    model: str | None,
+    questions: Sequence[Question],
+    *,
+    concurrency: int = 64,
+    window: ContextWindow | None = None,
 ) -> list[tuple[list[float], Usage] | Exception]:
     """`score_candidates` for many questions, their requests all in one pool of `concurrency`
-    threads, so a model server always has work; a question whose request failed gets its error."""
-    requests = [candidate_requests(model, q) for q in questions]
+    threads, so a model server always has work; a question whose request failed gets its error.
+    Each conversation is fitted to the client's context window (`window`: the caller's, else
+    one asked from the client) with room for its longest candidate, its task and question kept
+    (`inference.context.framing`)."""
+    window = window or ContextWindow(client)
+    fitted: list[Question | InferenceError] = []
+    for msgs, prefix, candidates in questions:
+        longest = max(candidates, key=lambda c: len(c.encode()), default="")
+        try:
+            head, tail = framing(msgs)
+            answer = {"role": "assistant", "content": prefix + longest}
+            msgs = window.fit(msgs, 1, suffix=[answer], keep_head=head, keep_tail=tail)
+        except InferenceError as exc:  # context_overflow: this question fails
+            fitted.append(exc)
+            continue
+        fitted.append((msgs, prefix, candidates))
+    requests = [[] if isinstance(q, Exception) else candidate_requests(model, q) for q in fitted]
     flat = [r for rs in requests for r in rs]
 
     def ask(request: ChatRequest) -> Response | Exception:
@@ -62,7 +88,10 @@ def score_many(
     with ThreadPoolExecutor(max(1, min(concurrency, len(flat)))) as pool:
         answers = iter(list(pool.map(ask, flat)))
     results: list[tuple[list[float], Usage] | Exception] = []
-    for rs in requests:
+    for question, rs in zip(fitted, requests, strict=True):
+        if isinstance(question, Exception):
+            results.append(question)
+            continue
         responses = [next(answers) for _ in rs]
         error = next((r for r in responses if isinstance(r, Exception)), None)
         results.append(error if error is not None else _scores(responses))  # type: ignore[arg-type]

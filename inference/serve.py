@@ -4,7 +4,9 @@ With vLLM and a GPU (engine 'auto' or 'vllm') it runs vLLM's own server. Otherwi
 the model with transformers on CPU (`LocalBackend`) through FastAPI, speaking the subset of
 vLLM's protocol the project uses: POST /v1/chat/completions and /v1/completions (n, max_tokens,
 temperature, seed, stop, logprobs/top_logprobs, prompt_logprobs, echo, continue_final_message,
-`structured_outputs.choice`), GET /v1/models and GET /health.
+`structured_outputs.choice`), GET /v1/models (with `max_model_len`), POST /tokenize and GET /health.
+A prompt whose tokens plus `max_tokens` exceed the context (`max_model_len`, by default the model
+config's `max_position_embeddings`) is refused with HTTP 400 in vLLM's words.
 
     serve_model("models/tiny", port=8000)                # blocks; Ctrl-C stops it
     with start_server("models/tiny") as server:          # in the background, on a free port
@@ -91,13 +93,14 @@ def serve_model(
     name: str | None = None,
     engine: str = "auto",
     api_key: str | None = None,
+    max_model_len: int | None = None,
 ) -> None:
     """Serve until interrupted. The served model name defaults to the directory's name. With
     `api_key`, requests must carry it as a bearer token (as `vllm serve --api-key`)."""
     path = _check_model_dir(model_path)
     name = name or path.name
     if resolve_engine(engine) == "vllm":
-        proc = _start_vllm(path, host, port, name, api_key)
+        proc = _start_vllm(path, host, port, name, api_key, max_model_len)
         try:
             proc.wait()
         finally:
@@ -105,7 +108,7 @@ def serve_model(
         return
     sock = _bind(host, port)
     log.info("serving %s at http://%s:%d/v1", name, host, sock.getsockname()[1])
-    _uvicorn(build_app(LocalBackend(path, name), api_key)).run(sockets=[sock])
+    _uvicorn(build_app(LocalBackend(path, name, max_model_len=max_model_len), api_key)).run(sockets=[sock])
 
 
 def start_server(
@@ -115,6 +118,7 @@ def start_server(
     name: str | None = None,
     engine: str = "auto",
     ready_timeout_s: float = 600.0,
+    max_model_len: int | None = None,
 ) -> ServerHandle:
     """Start a server in the background and return once it answers; port 0 picks a free one.
     The CPU server runs on a thread of this process, vLLM in a subprocess of its own."""
@@ -126,7 +130,7 @@ def start_server(
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     if engine == "vllm":
         sock.close()  # vLLM binds itself; the port stays free for it in the meantime
-        proc = _start_vllm(path, host, port, name)
+        proc = _start_vllm(path, host, port, name, max_model_len=max_model_len)
         handle = ServerHandle(url, name, "vllm", lambda: _stop_process(proc))
         try:
             _wait_ready(url, ready_timeout_s, alive=lambda: proc.poll() is None)
@@ -134,7 +138,7 @@ def start_server(
             handle.stop()
             raise
         return handle
-    backend = LocalBackend(path, name)
+    backend = LocalBackend(path, name, max_model_len=max_model_len)
     backend.load()  # load before answering /health, so "ready" means ready
     return _start_uvicorn_thread(build_app(backend), sock, url, name)
 
@@ -208,13 +212,18 @@ def _has_gpu() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _vllm_command(path: Path, host: str, port: int, name: str) -> list[str]:
+def _vllm_command(path: Path, host: str, port: int, name: str, max_model_len: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path)]
-    return cmd + ["--served-model-name", name, "--host", host, "--port", str(port)]
+    cmd += ["--served-model-name", name, "--host", host, "--port", str(port)]
+    if max_model_len is not None:
+        cmd += ["--max-model-len", str(max_model_len)]
+    return cmd
 
 
-def _start_vllm(path: Path, host: str, port: int, name: str, api_key: str | None = None) -> subprocess.Popen:
-    cmd = _vllm_command(path, host, port, name)
+def _start_vllm(
+    path: Path, host: str, port: int, name: str, api_key: str | None = None, max_model_len: int | None = None
+) -> subprocess.Popen:
+    cmd = _vllm_command(path, host, port, name, max_model_len)
     log.info("starting %s", " ".join(cmd))
     env = {**os.environ, "VLLM_API_KEY": api_key} if api_key else None  # not in argv, where ps shows it
     return _spawn(cmd, env=env)
@@ -454,7 +463,7 @@ def build_app(backend: LocalBackend, api_key: str | None = None) -> Any:
         try:
             response = backend.chat(request) if chat else backend.complete(request)  # type: ignore[arg-type]
         except InferenceError as exc:
-            status = 400 if exc.reason in ("bad_request", "unsupported") else 500
+            status = 400 if exc.reason in ("bad_request", "unsupported", "context_overflow") else 500
             return error(status, str(exc), "BadRequestError" if status == 400 else "InternalServerError")
         return JSONResponse(response_body(response, chat=chat))
 
@@ -471,6 +480,27 @@ def build_app(backend: LocalBackend, api_key: str | None = None) -> Any:
             "root": str(backend.model_path),
         }
         return {"object": "list", "data": [{**card, "max_model_len": backend.max_model_len}]}
+
+    @app.post("/tokenize")
+    def tokenize(body: dict) -> Any:
+        """vLLM's: {"model", "messages"} (chat template applied) or {"model", "prompt"} ->
+        {"count", "max_model_len", "tokens"}."""
+        if body.get("model", backend.name) != backend.name:
+            return error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        try:
+            if "messages" in body:
+                ids = backend.token_ids(
+                    messages=parse_chat_request({**body, "max_tokens": 1}).messages,
+                    add_generation_prompt=bool(body.get("add_generation_prompt", True)),
+                    continue_final=bool(body.get("continue_final_message")),
+                )
+            else:
+                ids = backend.token_ids(prompt=parse_completion_request({**body, "max_tokens": 1}).prompt)
+        except (KeyError, TypeError, ValueError) as exc:
+            return error(400, f"invalid request: {exc}", "BadRequestError")
+        except InferenceError as exc:
+            return error(400, str(exc), "BadRequestError")
+        return {"count": len(ids), "max_model_len": backend.max_model_len, "tokens": ids}
 
     # Plain `def` handlers run on the server's thread pool; the backend serialises model calls.
     @app.post("/v1/chat/completions")

@@ -23,6 +23,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from trajforge.inference.client import Response
+from trajforge.inference.context import ContextWindow
 from trajforge.inference.scoring import (
     Question,
     Scored,
@@ -59,7 +60,10 @@ class ScoringHandler(ModelHandler):
 
     def run_inference(self, batch: Any, model: Any, inference_args: Any = None) -> list[tuple[Scored, Any]]:
         questions, payloads = zip(*batch, strict=True) if batch else ((), ())
-        results = score_many(model, model.backend.model, questions, concurrency=self.concurrency)
+        window = ContextWindow(model, self.options.get("context_tokens"))
+        results = score_many(
+            model, model.backend.model, questions, concurrency=self.concurrency, window=window
+        )
         return [(as_scored(result), payload) for result, payload in zip(results, payloads, strict=True)]
 
     def batch_elements_kwargs(self) -> dict[str, int]:

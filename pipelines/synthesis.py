@@ -90,7 +90,7 @@ class _EnvDoFn(beam.DoFn):
             item_id=item_id,
             task_id=task_id,
             stage=stage,
-            reason=type(exc).__name__,
+            reason=getattr(exc, "reason", None) or type(exc).__name__,  # e.g. context_overflow
             detail=detail,
             run_id=self.run_id,
         ).row()

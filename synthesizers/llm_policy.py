@@ -11,6 +11,9 @@ for "Thought: ...\nAction: ...". The action is always admissible:
    prompt logprobs;
 4. else the admissible action closest in spelling to what the model wrote.
 
+Every request is fitted to the model's context window (`inference.context`): the oldest
+history goes first, then observations are shortened; the task and the admissible actions stay.
+
 `priors(ctx)` gives MCTS P(action) over the admissible actions: a softmax of their
 log-likelihoods. Every request is seeded from `start(seed)`, so episodes are reproducible and a
 resumed run finds its requests in the cache.
@@ -33,6 +36,7 @@ from trajforge.inference.client import (
     ChatRequest,
     Usage,
 )
+from trajforge.inference.context import ContextWindow
 from trajforge.inference.scoring import score_candidates, softmax
 from trajforge.inference.specs import reliable_client
 from trajforge.schemas.conversation import messages as conversation_messages
@@ -82,6 +86,7 @@ class LLMPolicy:
         temperature: float = 0.7,
         max_tokens: int = 128,
         max_history: int = 12,
+        context_tokens: int | None = None,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
@@ -90,6 +95,7 @@ class LLMPolicy:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.max_history = max_history  # steps of history shown: bounds the prompt's length
+        self.window = ContextWindow(client, context_tokens)  # and so does the model's context
         self._on_close = on_close
         self._rng = random.Random(0)
 
@@ -111,9 +117,23 @@ class LLMPolicy:
         steps = [{**s, "index": int(s["index"]) - offset} for s in steps]
         env_name = getattr(ctx.env, "name", "environment")
         out = conversation_messages(env_name, ctx.instruction, steps, upto=len(steps) - 1)
-        actions = "\n".join(f"- {a}" for a in ctx.admissible)
-        out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + ACTIONS_PROMPT.format(actions=actions)}
+        out[-1] = {**out[-1], "content": out[-1]["content"] + _actions_block(ctx.admissible)}
         return out
+
+    def _fit(
+        self,
+        msgs: list[dict[str, str]],
+        admissible: list[str],
+        reserve: int,
+        suffix: list[dict] | None = None,
+    ) -> list[dict[str, str]]:
+        """`msgs` fitted to the context with `reserve` tokens left for the answer, the task (the
+        first user turn's first paragraph) and the admissible actions kept whole."""
+        block = _actions_block(admissible)
+        tail = len(block) if msgs and msgs[-1]["content"].endswith(block) else 0
+        first = next((m["content"] for m in msgs if m["role"] == "user"), "")
+        head = first.find("\n\n") + 2 if first.startswith("Task: ") and "\n\n" in first else 0
+        return self.window.fit(msgs, reserve, suffix=suffix or [], keep_head=head, keep_tail=tail)
 
     def _request(self, messages: list[dict[str, str]], **params: Any) -> ChatRequest:
         params.setdefault("temperature", self.temperature)
@@ -125,7 +145,7 @@ class LLMPolicy:
         if not ctx.admissible:
             raise ValueError("no admissible action to choose from")
         msgs = self.messages(ctx)
-        first = self.client.chat(self._request(msgs))
+        first = self.client.chat(self._request(self._fit(msgs, ctx.admissible, self.max_tokens)))
         usage = first.usage
         thought, said = parse_react(first.text)
         action = match_admissible(said, ctx.admissible)
@@ -142,14 +162,16 @@ class LLMPolicy:
         if CHOICE in caps:
             longest = max(len(a) for a in admissible)
             if CONTINUE_FINAL in caps:
+                answer = {"role": "assistant", "content": prefix}
                 req = self._request(
-                    [*msgs, {"role": "assistant", "content": prefix}],
+                    [*self._fit(msgs, admissible, longest + 8, [answer]), answer],
                     continue_final=True,
                     choice=tuple(admissible),
                     max_tokens=longest + 8,
                 )
             else:
-                req = self._request(msgs, choice=tuple(admissible), max_tokens=longest + 8)
+                fitted = self._fit(msgs, admissible, longest + 8)
+                req = self._request(fitted, choice=tuple(admissible), max_tokens=longest + 8)
             response = self.client.chat(req)
             return response.text, response.usage
         if {PROMPT_LOGPROBS, CONTINUE_FINAL} <= caps:
@@ -163,7 +185,9 @@ class LLMPolicy:
         self, msgs: list[dict[str, str]], prefix: str, candidates: list[str]
     ) -> tuple[list[float], Usage]:
         """log P(candidate | conversation, assistant prefix), up to a shared constant."""
-        return score_candidates(self.client, self.model, msgs, prefix, candidates)
+        longest = max(candidates, key=lambda c: len(c.encode()), default="")
+        msgs = self._fit(msgs, candidates, 1, [{"role": "assistant", "content": prefix + longest}])
+        return score_candidates(self.client, self.model, msgs, prefix, candidates, self.window)
 
     def priors(self, ctx: Context) -> dict[str, float]:
         """P(action) for MCTS: softmax of each admissible action's log-likelihood; {} (uniform)
@@ -172,6 +196,11 @@ class LLMPolicy:
             return {}
         scores, _ = self.loglikelihoods(self.messages(ctx), "Action: ", list(ctx.admissible))
         return dict(zip(ctx.admissible, softmax(scores), strict=True))
+
+
+def _actions_block(admissible: list[str]) -> str:
+    """The end of the last user turn: the admissible actions and how to answer."""
+    return "\n\n" + ACTIONS_PROMPT.format(actions="\n".join(f"- {a}" for a in admissible))
 
 
 def _sample(candidates: list[str], scores: list[float], temperature: float, rng: random.Random) -> str:
@@ -195,8 +224,9 @@ def make_llm_policy(
     """A policy for `openai:URL[#model]`, `hf:PATH` or `vllm:PATH`. Model calls go through a
     ReliableClient (with an on-disk cache under `cache_dir` when given, a per-request timeout
     and a price per million tokens; `api_key_env` and `revision` as in `inference.specs`).
-    `options` go to LLMPolicy (temperature, max_tokens, max_history). Policies of one spec in a
-    process share its model: one loaded hf: model, one vllm: server per machine, one breaker."""
+    `options` go to LLMPolicy (temperature, max_tokens, max_history, context_tokens). Policies
+    of one spec in a process share its model: one loaded hf: model, one vllm: server per
+    machine, one breaker."""
     client, on_close = reliable_client(
         spec, cache_dir, timeout_s, price_in_per_m, price_out_per_m, api_key_env, revision
     )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from trajforge.environments.base import Environment, TaskSpec
+from trajforge.inference.context import shorten
 from trajforge.schemas.records import Step
 from trajforge.synthesizers.policies import Context, Policy
 
@@ -35,15 +36,21 @@ def rollout(
     max_steps: int,
     timeout_s: float,
     out_of_tokens: Callable[[], bool] = lambda: False,
+    max_observation_chars: int | None = None,
 ) -> Episode:
     """Run one episode. Stops on done, on max_steps, on the time limit, when the model-token
     budget is spent, or when no action is admissible. Limits are checked between steps: a
-    single environment step that blocks is the adapter's to bound."""
+    single environment step that blocks is the adapter's to bound. Observations longer than
+    `max_observation_chars` are cut as they arrive (`inference.context.shorten`)."""
+
+    def capped(text: str) -> str:
+        return text if max_observation_chars is None else shorten(text, max_observation_chars)
+
     start = time.monotonic()
     reset = env.reset(task)
     policy.start(seed)
     ep = Episode(instruction=reset.instruction)
-    observation = reset.observation
+    observation = capped(reset.observation)
     _keep_screenshot(ep, 0, reset.info)
     while True:
         if len(ep.steps) >= max_steps:
@@ -76,7 +83,7 @@ def rollout(
                 done=outcome.done,
             )
         )
-        observation = outcome.observation
+        observation = capped(outcome.observation)
         _keep_screenshot(ep, len(ep.steps), outcome.info)
         if outcome.success is not None:
             ep.success = outcome.success

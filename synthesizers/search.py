@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from trajforge.environments.base import Environment, Reset, StepOutcome, TaskSpec
+from trajforge.inference.context import shorten
 from trajforge.schemas import ids
 from trajforge.schemas.records import Step
 from trajforge.synthesizers.policies import Context, Policy
 from trajforge.synthesizers.rollout import Episode, rollout
 
 Branching = Literal["auto", "snapshot", "replay"]
+MAX_OBSERVATION_CHARS = 20_000  # an observation's cap, as the run config's default
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class SearchSettings:
     samples: int = 1
     budget: Budget = field(default_factory=Budget)
     mcts: MCTSSettings = field(default_factory=MCTSSettings)
+    max_observation_chars: int = MAX_OBSERVATION_CHARS  # longer ones are cut where they enter
 
 
 @dataclass
@@ -170,12 +173,20 @@ class Navigator:
     stepped twice. To step from a prefix, it restores the prefix's snapshot when it can,
     otherwise replays the prefix from reset. Every real environment step is counted."""
 
-    def __init__(self, env: Environment, task: TaskSpec, branching: Branching, step_budget: int) -> None:
+    def __init__(
+        self,
+        env: Environment,
+        task: TaskSpec,
+        branching: Branching,
+        step_budget: int,
+        max_observation_chars: int = MAX_OBSERVATION_CHARS,
+    ) -> None:
         use_snapshot = branching == "snapshot" or (branching == "auto" and env.supports_snapshot)
         if branching == "snapshot" and not env.supports_snapshot:
             raise ValueError(f"branching: {env.name} has no snapshot/restore; use replay or auto")
         self.env, self.task, self.snapshots = env, task, use_snapshot
         self.step_budget = step_budget
+        self.max_observation_chars = max_observation_chars
         self.env_steps = 0
         self.cache: dict[tuple[str, ...], Visit] = {}
         self._at: tuple[str, ...] | None = None  # the prefix the environment is at, if known
@@ -183,7 +194,7 @@ class Navigator:
     def root(self) -> tuple[Reset, Visit]:
         reset = self._reset()
         visit = Visit(
-            reset.observation,
+            shorten(reset.observation, self.max_observation_chars),
             0.0,
             False,
             None,
@@ -203,7 +214,7 @@ class Navigator:
         self._at = path
         admissible = [] if outcome.done else self.env.admissible_actions()
         visit = Visit(
-            outcome.observation,
+            shorten(outcome.observation, self.max_observation_chars),
             outcome.reward,
             outcome.done,
             outcome.success,
@@ -255,6 +266,8 @@ def search_key(settings: SearchSettings) -> dict[str, Any]:
             key["budget"]["tokens"] = settings.budget.tokens
     if settings.method == "best_of_n":
         key["samples"] = settings.samples
+    if settings.max_observation_chars != MAX_OBSERVATION_CHARS:  # ids of default runs stay as they were
+        key["max_observation_chars"] = settings.max_observation_chars
     if settings.method == "mcts":
         m = settings.mcts
         key["mcts"] = {"expand_k": m.expand_k, "c_puct": m.c_puct, "rollout_depth": m.rollout_depth}
@@ -353,6 +366,7 @@ def sample_rollouts(
             max_steps=min(settings.max_steps, left),
             timeout_s=wall_left,
             out_of_tokens=tokens.spent,
+            max_observation_chars=settings.max_observation_chars,
         )
         result.instruction = ep.instruction
         result.env_steps += ep.env_steps
@@ -383,7 +397,9 @@ class MCTS:
         self.cfg = settings.mcts
         self.critic = critic if self.cfg.critic_weight > 0 else None
         self.rng = random.Random(seed)
-        self.nav = Navigator(env, task, self.cfg.branching, settings.budget.env_steps)
+        self.nav = Navigator(
+            env, task, self.cfg.branching, settings.budget.env_steps, settings.max_observation_chars
+        )
         self.terminal_paths: dict[tuple[str, ...], Path_] = {}
         self.instruction = ""
         self.root: Node | None = None
@@ -393,7 +409,7 @@ class MCTS:
         budget = self.settings.budget
         reset, first = self.nav.root()
         self.instruction = reset.instruction
-        root = Node(path=(), parent=None, prior=1.0, observation=reset.observation, stepped=True)
+        root = Node(path=(), parent=None, prior=1.0, observation=first.observation, stepped=True)
         root.admissible = first.admissible
         self.root = root
         sims, stop = 0, "simulations"

@@ -371,6 +371,14 @@ def serve_model(
             help="require this bearer key on /v1 (as `vllm serve --api-key`)",
         ),
     ] = None,
+    max_model_len: Annotated[
+        int | None,
+        typer.Option(
+            "--max-model-len",
+            min=1,
+            help="context window in tokens, prompt and completion (default: the model config's)",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model over the OpenAI-compatible API (chat, completions, logprobs, choices)."""
     if (model is None) == (tiny is None):
@@ -383,7 +391,15 @@ def serve_model(
         model = build_tiny_model(tiny)
     typer.echo(f"serving {name or Path(str(model)).name} at http://{host}:{port}/v1", err=True)
     try:
-        serve(model, host=host, port=port, name=name, engine=engine.value, api_key=api_key)
+        serve(
+            model,
+            host=host,
+            port=port,
+            name=name,
+            engine=engine.value,
+            api_key=api_key,
+            max_model_len=max_model_len,
+        )
     except (ValueError, OSError) as exc:
         raise fail(f"serve-model: {exc}") from None
 

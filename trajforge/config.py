@@ -90,6 +90,23 @@ class ModelConfig(BaseModel):
         description="the served model's version (openai:): changing it changes the run id and misses "
         "the request cache, as new weights do for hf:/vllm:",
     )
+    context_tokens: int | None = Field(
+        None,
+        ge=64,
+        description="the model's context window in tokens (prompt + completion); none: as the server "
+        "reports it (vLLM's max_model_len)",
+    )
+
+    @field_validator("context_tokens")
+    @classmethod
+    def _room_for_a_prompt(cls, value: int | None, info: Any) -> int | None:
+        max_tokens = info.data.get("max_tokens", 0)
+        if value is not None and value < max_tokens + 64:
+            raise ValueError(
+                f"leaves no room for a prompt next to max_tokens={max_tokens}; raise it above "
+                f"{max_tokens + 64} or lower model.max_tokens"
+            )
+        return value
 
 
 class RunConfig(BaseModel):
@@ -110,6 +127,12 @@ class RunConfig(BaseModel):
         description="best_of_n rollouts per task and policy (default: budget / max_steps)",
     )
     max_steps: int = Field(40, ge=1, le=10_000, description="steps per episode (MCTS: tree depth)")
+    max_observation_chars: int = Field(
+        20_000,
+        ge=256,
+        description="observations longer than this are cut (head and tail kept, a marker between) "
+        "before they reach prompts, trajectories and exports",
+    )
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     mcts: MCTSConfig = Field(default_factory=MCTSConfig)
     max_trajectory_pairs: int = Field(4, ge=0, description="success/failure pairs per task")
@@ -184,6 +207,7 @@ class RunConfig(BaseModel):
             method=self.search,
             max_steps=self.max_steps,
             samples=self.sample_count,
+            max_observation_chars=self.max_observation_chars,
             budget=Budget(
                 self.budget.env_steps, self.budget.simulations, self.budget.wall_s, self.budget.tokens
             ),

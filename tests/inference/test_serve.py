@@ -143,10 +143,37 @@ def test_errors_are_classified(backend):
     assert unknown.value.reason == "http_404"
     with pytest.raises(InferenceError) as too_long:
         backend.complete(CompletionRequest("hi", max_tokens=100_000))
-    assert too_long.value.reason == "http_400" and "context" in str(too_long.value)
+    assert too_long.value.reason == "context_overflow" and not too_long.value.retryable
     with pytest.raises(InferenceError) as dead:
         OpenAIHTTPBackend("http://127.0.0.1:9", "m", timeout_s=2).chat(ChatRequest(MESSAGES, max_tokens=1))
     assert dead.value.reason == "connect" and dead.value.retryable
+
+
+def test_models_and_tokenize_report_the_window_as_vllm_does(tiny_server, backend):
+    [card] = httpx.get(f"{tiny_server.url}/v1/models").json()["data"]
+    assert card["max_model_len"] == 4096  # the model config's max_position_embeddings
+    tokenize = f"{tiny_server.url}/tokenize"
+    chat = httpx.post(tokenize, json={"model": "tiny-llama", "messages": MESSAGES}).json()
+    assert chat["max_model_len"] == 4096 and chat["count"] == len(chat["tokens"])
+    used = backend.chat(ChatRequest(MESSAGES, max_tokens=1, temperature=0.0)).usage.prompt_tokens
+    assert chat["count"] == used  # the chat template and generation prompt are counted
+    plain = httpx.post(tokenize, json={"model": "tiny-llama", "prompt": "hi there"}).json()
+    assert plain["count"] == backend.complete(CompletionRequest("hi there", max_tokens=1)).usage.prompt_tokens
+    missing = httpx.post(tokenize, json={"model": "other", "prompt": "hi"})
+    assert missing.status_code == 404
+
+
+def test_a_prompt_over_max_model_len_is_refused_with_vllms_400(tiny_model):
+    with start_server(tiny_model, engine="transformers", max_model_len=64) as server:
+        assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["max_model_len"] == 64
+        body = {"model": server.name, "messages": MESSAGES, "max_tokens": 40}
+        refused = httpx.post(f"{server.url}/v1/chat/completions", json=body)
+        fits = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "max_tokens": 2})
+    assert refused.status_code == 400
+    message = refused.json()["error"]["message"]
+    assert message.startswith("This model's maximum context length is 64 tokens. However, you requested ")
+    assert "in the messages, 40 in the completion)" in message
+    assert fits.status_code == 200
 
 
 def test_throughput_of_the_tiny_server(backend, capsys):

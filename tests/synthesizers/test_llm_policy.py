@@ -19,7 +19,7 @@ from trajforge.inference.client import (
     Response,
     Usage,
 )
-from trajforge.inference.serve import ServerHandle
+from trajforge.inference.serve import ServerHandle, start_server
 from trajforge.schemas.conversation import SYSTEM_PROMPT
 from trajforge.synthesizers.llm_policy import LLMPolicy, make_llm_policy, match_admissible, parse_react
 from trajforge.synthesizers.policies import Context
@@ -217,3 +217,25 @@ def test_malformed_specs_name_the_spec_and_the_fix(spec, fix):
     with pytest.raises(ConfigError) as err:
         make_llm_policy(spec)
     assert spec in str(err.value) and fix in str(err.value)
+
+
+@pytest.mark.parametrize("caps", [None, frozenset({PROMPT_LOGPROBS, CONTINUE_FINAL})])
+def test_every_request_of_an_episode_fits_a_small_context(tiny_model, caps):
+    """A 384-token server, long room descriptions and a long history: every request (free text,
+    constrained choice or likelihood scoring) fits, and the task and the actions stay in it."""
+    with start_server(tiny_model, engine="transformers", max_model_len=384) as small:
+        policy = make_llm_policy(_spec(small), max_tokens=48)
+        spy = Spy(policy.client, caps)
+        policy.client = spy
+        env = CheckedToy(max_length=6, wall_text=400)
+        ep = rollout(env, TaskSpec("corridor-6-5", seed=1), policy, seed=4, max_steps=10, timeout_s=120)
+        window = policy.window
+        whole = policy.messages(Context(env, ep.instruction, ep.final_observation, ["go east"]))
+        fitted = [window.count(r.messages) + r.max_tokens for r in spy.requests]
+    assert len(ep.steps) == 10 or ep.stop_reason == "done"
+    assert window.size == 384 and window.count(whole) > 384  # unfitted, the prompt would not fit
+    assert max(fitted) <= 384
+    for request in spy.requests:
+        users = [m["content"] for m in request.messages if m["role"] == "user"]
+        assert users[0].startswith("Task: Take the key and open the door")
+        assert "Admissible actions:" in users[-1] and "Answer in two lines" in users[-1]

@@ -243,3 +243,39 @@ def test_without_weight_the_critic_is_not_asked_and_ids_do_not_change():
     assert search_key(settings) == search_key(SearchSettings(method="mcts", max_steps=20))
     weighted = SearchSettings(method="mcts", max_steps=20, mcts=MCTSSettings(critic_weight=0.5))
     assert search_key(weighted) != search_key(settings)
+
+
+class SeeingPolicy(RandomPolicy):
+    """Random, remembering the longest observation it was shown."""
+
+    longest = 0
+
+    def act(self, ctx):
+        self.longest = max(self.longest, len(ctx.observation))
+        return super().act(ctx)
+
+
+@pytest.mark.parametrize("method", ["rollout", "best_of_n", "mcts"])
+def test_a_huge_observation_is_cut_to_the_cap_in_rows_and_prompts(method):
+    env = ToyEnvironment(max_length=3, wall_text=200_000)
+    cap = 1_000
+    settings = SearchSettings(
+        method=method, max_steps=8, samples=2, budget=Budget(env_steps=60), max_observation_chars=cap
+    )
+    policy = SeeingPolicy()
+    result = search(env, TaskSpec("corridor-3-1", seed=1), policy, settings, seed=3)
+    marker = len("[... 200000 characters cut ...]")
+    seen = [s.observation for p in result.paths for s in p.steps]
+    seen += [p.final_observation for p in result.paths]
+    assert seen and all(len(o) <= cap + marker for o in seen)
+    assert any("characters cut ...]" in o for o in seen)
+    assert all(o.startswith("You are in room") for o in seen if "characters cut" in o)  # the head stays
+    assert 0 < policy.longest <= cap + marker  # what the policy is shown, MCTS leaf rollouts too
+    assert len(env.reset(TaskSpec("corridor-3-1", seed=1)).observation) > 200_000  # the env itself is uncut
+
+
+def test_the_observation_cap_is_part_of_the_ids_only_when_changed():
+    from trajforge.synthesizers.search import search_key
+
+    assert "max_observation_chars" not in search_key(SearchSettings())
+    assert search_key(SearchSettings(max_observation_chars=500))["max_observation_chars"] == 500

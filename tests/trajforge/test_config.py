@@ -31,3 +31,12 @@ def test_several_environments_or_one_without_defaults_keep_the_run_defaults():
 def test_an_unknown_environment_is_one_config_error():
     with pytest.raises(ConfigError, match="env: unknown environment 'minwob'"):
         load_config(envs=["minwob"])
+
+
+def test_a_context_window_with_no_room_for_a_prompt_is_one_config_error():
+    with pytest.raises(ConfigError) as exc:
+        load_config(model={"context_tokens": 150, "max_tokens": 128})
+    message = str(exc.value)
+    assert message.startswith("model.context_tokens: 150 is invalid") and "max_tokens=128" in message
+    assert "\n" not in message
+    assert load_config(model={"context_tokens": 1024}).model.context_tokens == 1024
