@@ -28,18 +28,20 @@ class DeadlineExceeded(TimeoutError):
 
 
 class DeadlinePool:
-    """`workers` daemon threads; each call may run `deadline_s` seconds. `on_abandon(thread)` is
-    called (by the waiting thread, so it must not block) for each thread written off."""
+    """`workers` daemon threads; each call may run `deadline_s` seconds (`why`: how that deadline
+    is set, for the failure's message). `on_abandon(thread)` is called (by the waiting thread, so
+    it must not block) for each thread written off."""
 
     def __init__(
         self,
         workers: int,
         deadline_s: float,
-        name: str = "deadline",
+        name: str = "call",
+        why: str = "",
         on_abandon: Callable[[threading.Thread], None] | None = None,
     ) -> None:
         self.deadline_s = deadline_s
-        self._name = name
+        self._name, self._why = name, why
         self._on_abandon = on_abandon
         self._jobs: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -69,8 +71,11 @@ class DeadlinePool:
                 self._abandoned.add(thread)
         for future, thread in overdue:
             self._spawn()  # the window keeps its width
+            why = f" ({self._why})" if self._why else ""
             future.set_exception(
-                DeadlineExceeded(f"no result after its deadline of {self.deadline_s:g}s; abandoned")
+                DeadlineExceeded(
+                    f"the {self._name} ran past its deadline of {self.deadline_s:g}s{why}; abandoned"
+                )
             )
             if self._on_abandon is not None:
                 self._on_abandon(thread)

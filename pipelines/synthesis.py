@@ -149,7 +149,8 @@ class Search(_EnvDoFn):
         deadline_s = search_deadline_s(
             self.settings.budget.wall_s, self.options.get("deadline_margin_s", DEADLINE_MARGIN_S)
         )
-        self._pool = DeadlinePool(self._window, deadline_s, "search", on_abandon=self._close_abandoned)
+        why = f"budget.wall_s * {DEADLINE_FACTOR:g} + deadline_margin_s"
+        self._pool = DeadlinePool(self._window, deadline_s, "search", why, on_abandon=self._close_abandoned)
         self._pending: list[tuple[Future, tuple[dict, str]]] = []
 
     def teardown(self) -> None:
