@@ -55,7 +55,13 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # WebRTC may only go through the proxy (which is dead): no STUN/TURN over UDP, no host
+    # candidates. Chromium 156 knows this switch; the older --force-webrtc-ip-handling-policy is gone.
+    "--webrtc-ip-handling-policy=disable_non_proxied_udp",
 ]
+# DNS prefetch (a lookup alone leaks data): Chromium 156 has no --dns-prefetch-disable any more;
+# headless behind our proxy it resolves nothing a page names in <link rel=dns-prefetch> (the
+# sandbox test reads Chromium's net log to keep it so).
 # Everything not bypassed goes to this proxy, whose name never resolves: nothing leaves.
 _DEAD_PROXY_HOST = "trajforge-blocked.invalid"
 _DEAD_PROXY = f"http://{_DEAD_PROXY_HOST}:9"
