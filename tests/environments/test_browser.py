@@ -249,8 +249,9 @@ def test_a_killed_browser_is_replaced_and_the_episode_replayed_once(servers):
         assert not any(alive(pid) for pid in first)
 
         env.kill_browser()
-        with pytest.raises(EnvironmentFailure, match="died again"):
+        with pytest.raises(EnvironmentFailure, match="died again") as died:
             env.step(f"click {ref(env, 'add')}")
+        assert died.value.reason == "browser_died"  # the code in failures.reason
 
         env.reset(TaskSpec(f"{a.origin}/counter", seed=0))  # a new episode starts a new browser
         assert count(env) == "0"
@@ -297,8 +298,9 @@ def test_a_browser_that_dies_during_reset_is_retried_then_given_up(servers, monk
     task = TaskSpec(f"{a.origin}/counter", seed=0)
     try:
         assert "add" in env.reset(task).observation  # died once, retried in a fresh browser
-        with pytest.raises(EnvironmentFailure, match="died twice"):
+        with pytest.raises(EnvironmentFailure, match="died twice") as died:
             env.reset(task)
+        assert died.value.reason == "browser_died"
     finally:
         env.close()
 
