@@ -38,7 +38,7 @@ from apache_beam.utils.windowed_value import WindowedValue  # noqa: E402
 
 from trajforge.environments import registry  # noqa: E402
 from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
-from trajforge.pipelines.deadlines import DeadlinePool  # noqa: E402
+from trajforge.pipelines.deadlines import DeadlineExceeded, DeadlinePool  # noqa: E402
 from trajforge.pipelines.judging import Judge  # noqa: E402
 from trajforge.schemas import arrow, ids  # noqa: E402
 from trajforge.schemas.records import Artifact, Failure, Task, Trajectory, TreeNode  # noqa: E402
@@ -95,7 +95,7 @@ class _EnvDoFn(beam.DoFn):
             raise
         finally:
             self._busy.pop(me, None)
-        if self.abandoned():  # returned after its deadline: its state is as unknown
+        if self.abandoned():  # returned after its deadline: its state is unknown too
             with contextlib.suppress(Exception):
                 env.close()
             return
@@ -219,7 +219,7 @@ class Search(_EnvDoFn):
                 continue
             try:
                 yield from future.result()  # _one turns every error into a failure row
-            except TimeoutError as exc:  # past its deadline
+            except DeadlineExceeded as exc:
                 yield self._search_failure(item, exc)
         self._pending = keep
 
