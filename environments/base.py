@@ -15,7 +15,13 @@ from typing import Any, Protocol, runtime_checkable
 
 
 class EnvironmentFailure(RuntimeError):
-    """An environment failed on one item (crash, timeout): that item fails, not the run."""
+    """An environment failed on one item (crash, timeout): that item fails, not the run.
+    `reason` is the code recorded in `failures.reason`: `env_crash` unless the adapter knows
+    better (`env_timeout`, `browser_died`, `browser_launch`, `page_error`, `game_build`, ...)."""
+
+    def __init__(self, message: str, *, reason: str = "env_crash") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConfigError(ValueError):

@@ -55,7 +55,13 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
+    # WebRTC may only go through the proxy (which is dead): no STUN/TURN over UDP, no host
+    # candidates. Chromium 156 knows this switch; the older --force-webrtc-ip-handling-policy is gone.
+    "--webrtc-ip-handling-policy=disable_non_proxied_udp",
 ]
+# DNS prefetch (a lookup alone leaks data): Chromium 156 has no --dns-prefetch-disable any more;
+# headless behind our proxy it resolves nothing a page names in <link rel=dns-prefetch> (the
+# sandbox test reads Chromium's net log to keep it so).
 # Everything not bypassed goes to this proxy, whose name never resolves: nothing leaves.
 _DEAD_PROXY_HOST = "trajforge-blocked.invalid"
 _DEAD_PROXY = f"http://{_DEAD_PROXY_HOST}:9"
@@ -333,6 +339,11 @@ class _Hung(_Died):
     """No answer from the browser in time."""
 
 
+def _death_reason(exc: _Died) -> str:
+    """The failure's code when the replay died too: a hang is a timeout, else the browser died."""
+    return "env_timeout" if isinstance(exc, _Hung) or isinstance(exc.__cause__, _Hung) else "browser_died"
+
+
 class BrowserPool:
     """One Chromium per process (and per executable/headless), driven by Playwright's async API
     on a thread of its own. Environments in any thread open their contexts on it, so the
@@ -435,7 +446,9 @@ class BrowserPool:
             processes = (await cdp.send("SystemInfo.getProcessInfo"))["processInfo"]
             await cdp.detach()
         except PlaywrightError as exc:
-            raise EnvironmentFailure(f"could not launch Chromium: {_first_line(exc)}") from exc
+            raise EnvironmentFailure(
+                f"could not launch Chromium: {_first_line(exc)}", reason="browser_launch"
+            ) from exc
         self._browser, self.launches = browser, self.launches + 1
         self.browser_pid = next(p["id"] for p in processes if p["type"] == "browser")
 
@@ -676,7 +689,7 @@ class BrowserEnvironment:
         try:
             browser = await self._pool.browser()
         except EnvironmentFailure as exc:
-            raise EnvironmentFailure(f"{self.name}: {exc}") from exc
+            raise EnvironmentFailure(f"{self.name}: {exc}", reason=exc.reason) from exc
         async with self._guard(f"reset of {task.env_task!r}"):
             await self._new_page(browser)
             instruction = await self._begin(self._page, task)
@@ -708,14 +721,17 @@ class BrowserEnvironment:
     def _retry(self, attempt: Callable[[], T], exc: _Died) -> T:
         what = self._task.env_task if self._task else "?"
         if self._recovered:
-            raise EnvironmentFailure(f"{self.name}: the browser died again in {what!r}: {exc}") from exc
+            raise EnvironmentFailure(
+                f"{self.name}: the browser died again in {what!r}: {exc}", reason=_death_reason(exc)
+            ) from exc
         self._recovered = True
         log.warning("%s: browser died in %r (%s); replaying the episode in a fresh one", self.name, what, exc)
         try:
             return attempt()
         except _Died as again:
             raise EnvironmentFailure(
-                f"{self.name}: the browser died twice in {what!r}: {exc}; then: {again}"
+                f"{self.name}: the browser died twice in {what!r}: {exc}; then: {again}",
+                reason=_death_reason(again),
             ) from again
 
     # ---- the context of an episode ----
@@ -789,7 +805,9 @@ class BrowserEnvironment:
         except PlaywrightError as exc:
             if self._dead():
                 raise _Died(_first_line(exc)) from exc
-            raise EnvironmentFailure(f"{self.name}: {what} failed: {_first_line(exc)}") from exc
+            raise EnvironmentFailure(
+                f"{self.name}: {what} failed: {_first_line(exc)}", reason="page_error"
+            ) from exc
 
     # ---- observing and acting ----
 

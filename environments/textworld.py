@@ -238,7 +238,9 @@ def _ensure_in(root: Path, env_task: str) -> Path:
         try:
             _generate(env_task, tmp)
         except Exception as exc:
-            raise EnvironmentFailure(f"textworld: could not generate {env_task!r}: {exc}") from exc
+            raise EnvironmentFailure(
+                f"textworld: could not generate {env_task!r}: {exc}", reason="game_build"
+            ) from exc
         (tmp / "env_task.txt").write_text(env_task + "\n")
         tmp.chmod(0o755)  # mkdtemp made it private; the cache may be shared
         try:

@@ -3,13 +3,16 @@
 Tasks are named `corridor-L-K` (corridor length L, key in room K). A task named with the
 suffix `-crash` raises on its second step, so tests can prove that a crashing environment
 fails one item and not the run; the option `crash_every=N` makes every Nth task such a one.
-The option `wall_text=N` writes N characters on the corridor's walls, into every room's
-description: an observation as long as a big web page.
+Likewise a task with the suffix `-hang` never returns from its second step (it sleeps
+`hang_s`, a day by default), as a wedged environment would; `hang_every=N` makes every Nth
+task such a one. The option `wall_text=N` writes N characters on the corridor's walls, into
+every room's description: an observation as long as a big web page.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 
 from trajforge.environments.base import EnvironmentFailure, Reset, StepOutcome, TaskSpec
@@ -27,13 +30,23 @@ class ToyEnvironment:
     name = "toy"
     supports_snapshot = True
 
-    def __init__(self, max_length: int = 4, crash_every: int = 0, wall_text: int = 0) -> None:
+    def __init__(
+        self,
+        max_length: int = 4,
+        crash_every: int = 0,
+        wall_text: int = 0,
+        hang_every: int = 0,
+        hang_s: float = 86_400.0,
+    ) -> None:
         self.max_length = max_length
         self.crash_every = crash_every
         self.wall_text = wall_text
+        self.hang_every = hang_every
+        self.hang_s = hang_s
         self._length = 0
         self._key = 0
         self._crash = False
+        self._hang = False
         self._state = _State()
 
     def task_specs(self, n: int, seed: int) -> list[TaskSpec]:
@@ -42,16 +55,22 @@ class ToyEnvironment:
         for _ in range(n):
             length = rng.randint(2, self.max_length)
             key = rng.randint(0, length - 1)
-            crash = (
-                "-crash" if self.crash_every and len(specs) % self.crash_every == self.crash_every - 1 else ""
+            fault = next(
+                (
+                    f"-{name}"
+                    for name, every in (("crash", self.crash_every), ("hang", self.hang_every))
+                    if every and len(specs) % every == every - 1
+                ),
+                "",
             )
-            specs.append(TaskSpec(f"corridor-{length}-{key}{crash}", seed=rng.randrange(2**31)))
+            specs.append(TaskSpec(f"corridor-{length}-{key}{fault}", seed=rng.randrange(2**31)))
         return specs
 
     def reset(self, task: TaskSpec) -> Reset:
         parts = task.env_task.split("-")
         self._length, self._key = int(parts[1]), int(parts[2])
         self._crash = task.env_task.endswith("-crash")
+        self._hang = task.env_task.endswith("-hang")
         self._state = _State()
         instruction = f"Take the key and open the door at the end of the corridor (room {self._length})."
         return Reset(self._describe(), instruction)
@@ -88,6 +107,8 @@ class ToyEnvironment:
         s = self._state
         if self._crash and s.steps >= 1:
             raise EnvironmentFailure("toy environment crashed (task asked for it)")
+        if self._hang and s.steps >= 1:
+            time.sleep(self.hang_s)
         if action not in self.admissible_actions():
             self._state = _State(s.room, s.has_key, s.done, s.steps + 1)
             return StepOutcome("That is not something you can do here.", 0.0, False, None)

@@ -72,6 +72,7 @@ def stage_batch(config: RunConfig, specs: list[dict[str, Any]], run_dir: RunDir)
         judge=config.judge,
         critique=config.critique,
         requests_in_flight=config.requests_in_flight,
+        deadline_margin_s=config.deadline_margin_s,
     )
     run_dir.set_status("staged")
 

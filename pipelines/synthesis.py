@@ -10,6 +10,11 @@ bundle: a finished search's thread takes the next item at once; one environment 
 one policy per thread), so that when the policy is a model server, requests from different
 searches are in flight together. Beam's own workers multiply this (`--direct_num_workers`, or
 the runner's worker count).
+
+Deadlines: a search may run its wall budget plus a margin (`search_deadline_s`). One that has
+not returned by then (a wedged environment step, a local model ignoring its timeout) fails
+with reason `timeout`; its thread is abandoned, never joined (`pipelines.deadlines`), and its
+environment is closed in the background, never reused.
 """
 
 from __future__ import annotations
@@ -17,9 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import traceback
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ from apache_beam.utils.windowed_value import WindowedValue  # noqa: E402
 from trajforge.environments import registry  # noqa: E402
 from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
 from trajforge.inference.specs import model_fingerprint  # noqa: E402
+from trajforge.pipelines.deadlines import DeadlineExceeded, DeadlinePool  # noqa: E402
 from trajforge.pipelines.judging import Judge  # noqa: E402
 from trajforge.schemas import arrow, ids  # noqa: E402
 from trajforge.schemas.records import Artifact, Failure, Task, Trajectory, TreeNode  # noqa: E402
@@ -45,6 +50,14 @@ from trajforge.validators.verifier import environment_verdict  # noqa: E402
 
 FAILURES, NODES, PAIRS, ARTIFACTS = "failures", "nodes", "pairs", "artifacts"
 STAGED_TABLES = ("tasks", "trajectories", "failures", "pairs", "nodes", "artifacts")
+# A search's deadline: its wall budget, 10% more, and a margin for the step it was in when the
+# budget ran out (the search checks the clock between steps), `deadline_margin_s` of the run.
+DEADLINE_FACTOR = 1.1
+DEADLINE_MARGIN_S = 30.0
+
+
+def search_deadline_s(wall_s: float, margin_s: float = DEADLINE_MARGIN_S) -> float:
+    return wall_s * DEADLINE_FACTOR + margin_s
 
 
 class _EnvDoFn(beam.DoFn):
@@ -56,7 +69,12 @@ class _EnvDoFn(beam.DoFn):
 
     def setup(self) -> None:
         self._free: dict[str, list[Environment]] = {}  # "name@thread" -> idle environments
+        self._busy: dict[threading.Thread, Environment] = {}  # the environment each thread is using
         self._lock = threading.Lock()
+
+    def abandoned(self) -> bool:
+        """Whether the current thread was given up on (Search: past its deadline)."""
+        return False
 
     @contextlib.contextmanager
     def env(self, name: str) -> Iterator[Environment]:
@@ -67,6 +85,8 @@ class _EnvDoFn(beam.DoFn):
             env = free.pop() if free else None
         if env is None:
             env = registry.make(name, **self.env_options.get(name, {}))
+        me = threading.current_thread()
+        self._busy[me] = env
         try:
             yield env
         except BaseException:
@@ -74,6 +94,12 @@ class _EnvDoFn(beam.DoFn):
             with contextlib.suppress(Exception):
                 env.close()
             raise
+        finally:
+            self._busy.pop(me, None)
+        if self.abandoned():  # returned after its deadline: its state is unknown too
+            with contextlib.suppress(Exception):
+                env.close()
+            return
         with self._lock:
             self._free[key].append(env)
 
@@ -85,15 +111,7 @@ class _EnvDoFn(beam.DoFn):
         self._free = {}
 
     def failure(self, item_id: str, task_id: str, stage: str, exc: BaseException) -> Any:
-        detail = "".join(traceback.format_exception_only(exc)).strip()[:1000]
-        row = Failure(
-            item_id=item_id,
-            task_id=task_id,
-            stage=stage,
-            reason=getattr(exc, "reason", None) or type(exc).__name__,  # e.g. context_overflow
-            detail=detail,
-            run_id=self.run_id,
-        ).row()
+        row = Failure.of(exc, item_id=item_id, task_id=task_id, stage=stage, run_id=self.run_id).row()
         return beam.pvalue.TaggedOutput(FAILURES, row)
 
 
@@ -121,18 +139,23 @@ class Search(_EnvDoFn):
     def __init__(self, env_options: dict, run_id: str, settings: SearchSettings, options: dict) -> None:
         super().__init__(env_options, run_id)
         self.settings = settings
-        self.options = options  # concurrency, pair_gap, keep_terminal_paths, model (policy options)
+        # concurrency, pair_gap, keep_terminal_paths, model (policy options), deadline_margin_s
+        self.options = options
 
     def setup(self) -> None:
         super().setup()
         self._local = threading.local()
         self._opened: list[Any] = []
         self._window = max(1, self.options["concurrency"])
-        self._pool = ThreadPoolExecutor(self._window, thread_name_prefix="search")
-        self._pending: list[Future] = []
+        deadline_s = search_deadline_s(
+            self.settings.budget.wall_s, self.options.get("deadline_margin_s", DEADLINE_MARGIN_S)
+        )
+        why = f"budget.wall_s * {DEADLINE_FACTOR:g} + deadline_margin_s"
+        self._pool = DeadlinePool(self._window, deadline_s, "search", why, on_abandon=self._close_abandoned)
+        self._pending: list[tuple[Future, tuple[dict, str]]] = []
 
     def teardown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown()  # never waits: a hung search's thread is a daemon, left behind
         for policy in self._opened:  # model policies hold connections (or a local model)
             with contextlib.suppress(Exception):
                 getattr(policy, "close", lambda: None)()
@@ -160,17 +183,27 @@ class Search(_EnvDoFn):
                 self._opened.append(self._local.critic)
         return self._local.critic
 
+    def abandoned(self) -> bool:
+        return self._pool.abandoned()
+
+    def _close_abandoned(self, thread: threading.Thread) -> None:
+        """Close the environment of a search given up on, in the background: close may hang too."""
+        env = self._busy.pop(thread, None)
+        if env is not None:
+            threading.Thread(target=_close_quietly, args=(env,), name="close-abandoned", daemon=True).start()
+
     def start_bundle(self) -> None:
         self._pending = []
 
     def process(self, item: tuple[dict, str]) -> Iterator[Any]:
-        self._pending.append(self._pool.submit(self._one, item))
+        self._pending.append((self._pool.submit(self._one, item), item))
         # Queue at most one window ahead, so memory stays bounded however big the bundle.
         if len(self._pending) >= 2 * self._window:
-            wait(self._pending, return_when=FIRST_COMPLETED)
+            self._pool.wait_any(f for f, _ in self._pending)
         yield from self._collect(done_only=True)
 
     def finish_bundle(self) -> Iterator[Any]:
+        self._pool.wait_all(f for f, _ in self._pending)  # until each is done or past its deadline
         for out in self._collect(done_only=False):
             if isinstance(out, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(out.tag, _global(out.value))
@@ -178,14 +211,25 @@ class Search(_EnvDoFn):
                 yield _global(out)
 
     def _collect(self, done_only: bool) -> Iterator[Any]:
-        """Outputs of finished searches (of all, waiting for them, when not `done_only`)."""
+        """Outputs of finished searches (of all when not `done_only`: they are done by then)."""
+        self._pool.expire()
         keep = []
-        for future in self._pending:
+        for future, item in self._pending:
             if done_only and not future.done():
-                keep.append(future)
-            else:
+                keep.append((future, item))
+                continue
+            try:
                 yield from future.result()  # _one turns every error into a failure row
+            except DeadlineExceeded as exc:
+                yield self._search_failure(item, exc)
         self._pending = keep
+
+    def _search_failure(self, item: tuple[dict, str], exc: BaseException) -> Any:
+        task, policy_spec = item
+        fid = ids.content_id(
+            "failure", task=task["task_id"], policy=policy_spec, key=search_key(self.settings)
+        )
+        return self.failure(fid, task["task_id"], "search", exc)
 
     def _one(self, item: tuple[dict, str]) -> list[Any]:
         task, policy_spec = item
@@ -206,8 +250,7 @@ class Search(_EnvDoFn):
                     self.critic(),
                 )
         except Exception as exc:  # noqa: BLE001 - one item fails, not the run
-            fid = ids.content_id("failure", task=task["task_id"], policy=policy_spec, key=key)
-            return [self.failure(fid, task["task_id"], "search", exc)]
+            return [self._search_failure(item, exc)]
         return self._records(task, policy_spec, key, result)
 
     def _records(self, task: dict, policy: str, key: dict, result: SearchResult) -> list[Any]:
@@ -300,6 +343,11 @@ class Search(_EnvDoFn):
         )
 
 
+def _close_quietly(env: Environment) -> None:
+    with contextlib.suppress(Exception):
+        env.close()
+
+
 def _global(value: Any) -> WindowedValue:
     """What finish_bundle must emit: a value placed in the global window."""
     return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
@@ -337,8 +385,10 @@ def build(
     judge: str | None = None,
     critique: bool = False,
     requests_in_flight: int = 64,
+    deadline_margin_s: float = DEADLINE_MARGIN_S,
 ) -> None:
     options = {
+        "deadline_margin_s": deadline_margin_s,
         "concurrency": concurrency,
         "pair_gap": pair_gap,
         "keep_terminal_paths": keep_terminal_paths,

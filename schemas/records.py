@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import traceback
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -143,15 +145,43 @@ class Artifact(Record):
         )
 
 
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def reason_code(exc: BaseException) -> str:
+    """The code a user can act on for an item's failure: the exception's own `reason` when it
+    carries one (InferenceError: `http_503`, `circuit_open`, ...; EnvironmentFailure:
+    `env_crash`, `browser_died`, ...), `timeout` for a TimeoutError, else `internal_error`
+    (the class name and message stay in `failures.detail`)."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and _CODE.fullmatch(reason):  # not free text (urllib's URLError)
+        return reason
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "internal_error"
+
+
 class Failure(Record):
     """An item that failed (an environment crash, a timeout): recorded, never fatal to the run."""
 
     item_id: str
     task_id: str
     stage: str
-    reason: str
+    reason: str  # a code (see reason_code), counted in runs.counts as failed:<stage>:<reason>
     detail: str = ""
     run_id: str | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException, *, item_id: str, task_id: str, stage: str, run_id: str | None) -> Failure:
+        detail = "".join(traceback.format_exception_only(exc)).strip()[:1000]
+        return cls(
+            item_id=item_id,
+            task_id=task_id,
+            stage=stage,
+            reason=reason_code(exc),
+            detail=detail,
+            run_id=run_id,
+        )
 
 
 class RunRecord(Record):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -26,6 +27,13 @@ DEFAULT_OUT = Path("trajforge-data")
 def fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    # With a message: Beam re-raises an exception from a step as a new one of its type with the
+    # step's name added to its message, and a bare KeyboardInterrupt (no message) as a
+    # RuntimeError, which Prefect would retry instead of stopping.
+    raise KeyboardInterrupt("interrupted (Ctrl-C)")
 
 
 class Format(StrEnum):
@@ -97,8 +105,14 @@ def run(
     _quiet_prefect(verbose)
     from trajforge.flows.run import ValidationFailed, run_flow
 
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         summary = run_flow(cfg, dry_run=dry_run)
+    except KeyboardInterrupt:  # a hung search's thread is a daemon: exit does not wait for it
+        raise fail(
+            f"run {cfg.run_id} interrupted; nothing was committed; run the same command again to resume",
+            code=130,
+        ) from None
     except ValidationFailed as exc:
         raise fail(str(exc), code=1) from None
     except Exception as exc:  # noqa: BLE001 - one line for the user; the run folder keeps the state

@@ -18,7 +18,14 @@ from trajforge.schemas.ids import canonical_json
 
 # Settings that decide where and how fast a run executes, not what data it makes:
 # they stay out of the fingerprint, so moving a run to another runner or folder keeps its id.
-EXECUTION_FIELDS = {"out", "pipeline_options", "workers", "concurrency", "requests_in_flight"}
+EXECUTION_FIELDS = {
+    "out",
+    "pipeline_options",
+    "workers",
+    "concurrency",
+    "requests_in_flight",
+    "deadline_margin_s",
+}
 EXECUTION_MODEL_FIELDS = {"api_key_env"}
 # What code_version hashes when the checkout has uncommitted changes: the code, not notes or tests.
 CODE_PATHS = (
@@ -142,6 +149,12 @@ class RunConfig(BaseModel):
     concurrency: int = Field(1, ge=1, le=1024, description="searches in flight per worker")
     requests_in_flight: int = Field(
         64, ge=1, le=4096, description="judge requests in flight per worker (the server's capacity)"
+    )
+    deadline_margin_s: float = Field(
+        30.0,
+        ge=0,
+        description="a search that has not returned by budget.wall_s * 1.1 + this many seconds is "
+        "abandoned and fails with reason 'timeout' (raise it if one model call can take longer)",
     )
     pipeline_options: list[str] = Field(
         default_factory=lambda: ["--runner=FnApiRunner", "--default_sdk_harness_log_level=WARNING"]

@@ -75,7 +75,7 @@ def test_a_crashing_environment_fails_its_task_not_the_run(cli, tmp_path):
     result = cli("run", "--config", str(config), "--out", str(out))
     assert result.returncode == 0, result.stderr
     counts = run_counts(cli, out)
-    assert counts["failed:search:EnvironmentFailure"] == 2
+    assert counts["failed:search:env_crash"] == 2
     assert counts["trajectories"] == 4
     failures = sql_json(cli, out, "SELECT stage, detail FROM failures")
     assert len(failures) == 2 and all("crashed" in f["detail"] for f in failures)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from trajforge.environments import browser
 from trajforge.environments.base import ConfigError, EnvironmentFailure, TaskSpec
 from trajforge.environments.browser import Action, BrowserEnvironment, parse_action
 
@@ -66,12 +68,58 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _Tap:
+    """What else reaches server B's port: UDP datagrams (IPv4 and IPv6) and TCP connections on
+    [::1] (server B listens on 127.0.0.1 only)."""
+
+    def __init__(self, port: int) -> None:
+        self.received: list[str] = []
+        self._sockets = []
+        for family, kind, host in [
+            (socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1"),
+            (socket.AF_INET6, socket.SOCK_DGRAM, "::1"),
+            (socket.AF_INET6, socket.SOCK_STREAM, "::1"),
+        ]:
+            sock = socket.socket(family, kind)
+            try:
+                sock.bind((host, port))
+            except OSError:  # no IPv6 here: nothing can arrive that way either
+                sock.close()
+                continue
+            if kind == socket.SOCK_STREAM:
+                sock.listen()
+            sock.settimeout(0.1)
+            self._sockets.append(sock)
+            threading.Thread(target=self._listen, args=(sock, f"{kind.name} {host}"), daemon=True).start()
+
+    def _listen(self, sock: socket.socket, what: str) -> None:
+        while True:
+            try:
+                if sock.type == socket.SOCK_STREAM:
+                    sock.accept()[0].close()
+                else:
+                    sock.recvfrom(4096)
+                self.received.append(what)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
 def escape_page(b: str, port_b: int) -> bytes:
     """Every way out towards server B that we could think of."""
     return f"""<!doctype html><html><head><title>Escape</title>
+<link rel="dns-prefetch" href="//dns-prefetch-canary.example"><link rel="preconnect" href="{b}/preconnect">
 <link rel="stylesheet" href="{b}/css"><style>body {{ background: url({b}/bg) }}</style></head><body>
 <a href="{b}/navigate">navigate</a>
 <a href="/redirect">redirect</a>
+<a href="/redirect-localhost">redirect to localhost</a>
+<a href="http://localhost:{port_b}/navigate-localhost">navigate to localhost</a>
+<a href="http://[::1]:{port_b}/navigate-ipv6">navigate to ipv6</a>
 <a href="{b}/file.zip" download>download from B</a>
 <a href="/local.bin" download>download from A</a>
 <a href="file:///etc/passwd">file scheme</a>
@@ -80,7 +128,19 @@ def escape_page(b: str, port_b: int) -> bytes:
 <a href="javascript:fetch('{b}/javascript')">javascript scheme</a>
 <form action="{b}/form" method="post"><button>submit form</button></form>
 <img src="{b}/img"><script src="{b}/script"></script><iframe src="{b}/iframe"></iframe>
+<img src="http://localhost:{port_b}/img-localhost"><img src="http://[::1]:{port_b}/img-ipv6">
+<iframe srcdoc='<meta http-equiv="refresh" content="0;url={b}/meta-refresh">'></iframe>
 <script>
+fetch("http://localhost:{port_b}/fetch-localhost").catch(() => {{}});
+fetch("http://[::1]:{port_b}/fetch-ipv6").catch(() => {{}});
+try {{
+  const pc = new RTCPeerConnection({{iceServers: [
+    {{urls: ["stun:127.0.0.1:{port_b}", "stun:[::1]:{port_b}", "stun:localhost:{port_b}"]}},
+    {{urls: ["turn:127.0.0.1:{port_b}?transport=udp", "turn:127.0.0.1:{port_b}?transport=tcp"],
+      username: "u", credential: "c"}}]}});
+  pc.createDataChannel("out");
+  pc.createOffer().then(offer => pc.setLocalDescription(offer));
+}} catch (e) {{}}
 fetch("{b}/fetch").catch(() => {{}});
 const xhr = new XMLHttpRequest(); xhr.open("GET", "{b}/xhr"); xhr.send();
 try {{ new WebSocket("ws://127.0.0.1:{port_b}/ws"); }} catch (e) {{}}
@@ -96,6 +156,11 @@ def servers() -> Iterator[tuple[_Server, _Server]]:
     a = _Server(
         {
             "/redirect": (302, {"Location": f"{b.origin}/redirected"}, b""),
+            "/redirect-localhost": (
+                302,
+                {"Location": f"http://localhost:{b.server_address[1]}/redirected-localhost"},
+                b"",
+            ),
             "/sw.js": (200, {"Content-Type": "text/javascript"}, f"fetch('{b.origin}/sw')".encode()),
             "/local.bin": (200, {"Content-Type": "application/octet-stream"}, b"\0" * 64),
             "/counter": (
@@ -136,14 +201,18 @@ def ref(env: BrowserEnvironment, name: str) -> str:
     return next(e.ref for e in env.elements if e.name == name)
 
 
-def test_nothing_reaches_a_second_server(servers):
+def test_nothing_reaches_a_second_server(servers, tmp_path, monkeypatch):
     a, b = servers
+    tap = _Tap(b.server_address[1])  # WebRTC's STUN/TURN over UDP, and B's [::1] alias
+    net_log = tmp_path / "net-log.json"  # every name Chromium resolves (a fresh Chromium: no pool is up)
+    monkeypatch.setattr(browser, "CHROMIUM_ARGS", [*browser.CHROMIUM_ARGS, f"--log-net-log={net_log}"])
     env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/"])
     try:
         env.reset(env.task_specs(1, seed=0)[0])
-        time.sleep(0.3)  # let fetch, XHR, WebSocket, beacon and friends fire (the browser runs on)
+        time.sleep(1.0)  # let fetch, XHR, WebSocket, beacon, ICE gathering and friends fire
         assert env.blocked_requests > 5
         links = ["navigate", "redirect", "download from B", "download from A", "file scheme", "data scheme"]
+        links += ["redirect to localhost", "navigate to localhost", "navigate to ipv6"]
         for name in [*links, "popup", "javascript scheme", "submit form"]:
             before = env.blocked_requests
             outcome = env.step(f"click {ref(env, name)}")
@@ -157,8 +226,13 @@ def test_nothing_reaches_a_second_server(servers):
         assert env.on_page(pages_open) == 1  # the popup was closed
     finally:
         env.close()
+        tap.stop()
     assert b.connections == 0, b.paths
+    assert tap.received == []
     assert "/redirect" in a.paths and "/sw.js" not in a.paths  # the redirect was tried; no worker
+    assert "/redirect-localhost" in a.paths
+    assert "trajforge-blocked.invalid" in net_log.read_text()  # the log is written...
+    assert "dns-prefetch-canary" not in net_log.read_text()  # ...and no name was prefetched
 
 
 def test_a_killed_browser_is_replaced_and_the_episode_replayed_once(servers):
@@ -175,8 +249,9 @@ def test_a_killed_browser_is_replaced_and_the_episode_replayed_once(servers):
         assert not any(alive(pid) for pid in first)
 
         env.kill_browser()
-        with pytest.raises(EnvironmentFailure, match="died again"):
+        with pytest.raises(EnvironmentFailure, match="died again") as died:
             env.step(f"click {ref(env, 'add')}")
+        assert died.value.reason == "browser_died"  # the code in failures.reason
 
         env.reset(TaskSpec(f"{a.origin}/counter", seed=0))  # a new episode starts a new browser
         assert count(env) == "0"
@@ -223,8 +298,9 @@ def test_a_browser_that_dies_during_reset_is_retried_then_given_up(servers, monk
     task = TaskSpec(f"{a.origin}/counter", seed=0)
     try:
         assert "add" in env.reset(task).observation  # died once, retried in a fresh browser
-        with pytest.raises(EnvironmentFailure, match="died twice"):
+        with pytest.raises(EnvironmentFailure, match="died twice") as died:
             env.reset(task)
+        assert died.value.reason == "browser_died"
     finally:
         env.close()
 

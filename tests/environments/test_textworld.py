@@ -124,6 +124,7 @@ def test_failed_generation_leaves_no_half_game(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(EnvironmentFailure, match="compiler died") as caught:
         tw.ensure_game(env_task, tmp_path)
     assert isinstance(caught.value.__cause__, RuntimeError)
+    assert caught.value.reason == "game_build"  # the code in failures.reason
     assert ensure_games([env_task], tmp_path) == {}
     assert list(tw.cache_root(tmp_path).iterdir()) == []
 

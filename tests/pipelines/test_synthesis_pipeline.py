@@ -1,3 +1,5 @@
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -5,14 +7,16 @@ import pytest
 from trajforge.environments.toy import ToyEnvironment
 from trajforge.flows.staging import RunDir
 from trajforge.pipelines import synthesis as pipeline
+from trajforge.schemas import ids
 from trajforge.synthesizers.search import Budget, SearchSettings
 from trajforge.validators.dedup import dedupe
 
 SPECS = [{"env": "toy", "env_task": s.env_task, "seed": s.seed} for s in ToyEnvironment().task_specs(12, 3)]
 CRASH = {"env": "toy", "env_task": "corridor-3-1-crash", "seed": 9}
+HANG = {"env": "toy", "env_task": "corridor-3-1-hang", "seed": 9}
 
 
-def _stage(tmp: Path, options: list[str], specs=SPECS, concurrency: int = 1) -> RunDir:
+def _stage(tmp: Path, options: list[str], specs=SPECS, concurrency: int = 1, **kwargs) -> RunDir:
     run_dir = RunDir(tmp, "run")
     pipeline.run(
         ["--runner=FnApiRunner", *options],
@@ -21,8 +25,12 @@ def _stage(tmp: Path, options: list[str], specs=SPECS, concurrency: int = 1) -> 
         run_id="run",
         env_options={},
         policies=["oracle", "random"],
-        settings=SearchSettings(method="best_of_n", max_steps=12, samples=2, budget=Budget(env_steps=100)),
+        settings=kwargs.pop(
+            "settings",
+            SearchSettings(method="best_of_n", max_steps=12, samples=2, budget=Budget(env_steps=100)),
+        ),
         concurrency=concurrency,
+        **kwargs,
     )
     return run_dir
 
@@ -51,7 +59,7 @@ def test_every_task_and_sample_is_staged(baseline):
 def test_a_crashing_environment_fails_only_its_items(baseline):
     failures = baseline.read_staged("failures").to_pylist()
     assert len(failures) == 2  # one search per policy of the crashing task
-    assert {f["reason"] for f in failures} == {"EnvironmentFailure"}
+    assert {f["reason"] for f in failures} == {"env_crash"}
     assert {f["stage"] for f in failures} == {"search"}
     assert all("crashed" in f["detail"] for f in failures)
 
@@ -68,3 +76,32 @@ def test_same_ids_under_other_execution(tmp_path, baseline, options):
     other = _stage(tmp_path, options, SPECS + [CRASH], concurrency=3 if "bundle" in options[0] else 1)
     for table, key in [("tasks", "task_id"), ("trajectories", "trajectory_id"), ("failures", "item_id")]:
         assert _ids(other, table, key) == _ids(baseline, table, key)
+
+
+def test_a_hanging_search_fails_with_timeout_and_the_others_finish(tmp_path):
+    budget = Budget(env_steps=100, wall_s=1.0)
+    settings = SearchSettings(method="best_of_n", max_steps=12, samples=2, budget=budget)
+    deadline = pipeline.search_deadline_s(budget.wall_s, margin_s=1.0)
+    staged: list[RunDir] = []
+    # In a thread of its own, so that a pipeline that waits on the hung search fails this test
+    # instead of hanging it.
+    runner = threading.Thread(
+        target=lambda: staged.append(
+            _stage(tmp_path, [], SPECS[:4] + [HANG], concurrency=2, settings=settings, deadline_margin_s=1.0)
+        ),
+        daemon=True,
+    )
+    start = time.monotonic()
+    runner.start()
+    # Both searches of the hanging task (one per policy) may be in flight at once; each is
+    # abandoned at its deadline, never waited for (they sleep for a day).
+    runner.join(timeout=2 * deadline + 20)
+    assert not runner.is_alive(), "the pipeline waited on a hung search"
+    assert time.monotonic() - start < 2 * deadline + 20
+    failures = staged[0].read_staged("failures").to_pylist()
+    hang_id = ids.task_id("toy", HANG["env_task"], HANG["seed"])
+    assert [(f["task_id"], f["reason"], f["stage"]) for f in failures] == [(hang_id, "timeout", "search")] * 2
+    assert all("deadline" in f["detail"] for f in failures)
+    assert len(staged[0].read_staged("trajectories").to_pylist()) == 4 * 2 * 2  # every other search
+    # What is left of the hung searches are daemon threads: they cannot hold the interpreter's exit.
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("search"))
