@@ -234,11 +234,25 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
+def _flat(table: Any) -> Any:
+    """CSV has no nested values: lists, structs and maps (e.g. `runs.counts`) become JSON text."""
+    import pyarrow as pa
+
+    for i, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            column = table.column(i).to_pylist()
+            if pa.types.is_map(field.type):  # Arrow gives a MAP as (key, value) pairs
+                column = [None if v is None else dict(v) for v in column]
+            text = [None if v is None else json.dumps(v, default=_json_value) for v in column]
+            table = table.set_column(i, field.name, pa.array(text, pa.string()))
+    return table
+
+
 def _emit(table: Any, fmt: Format) -> None:
     if fmt is Format.csv:
         import pyarrow.csv as pacsv
 
-        pacsv.write_csv(table, sys.stdout.buffer)
+        pacsv.write_csv(_flat(table), sys.stdout.buffer)
     elif fmt is Format.json:
         typer.echo(json.dumps(table.to_pylist(), default=_json_value, indent=1))
     else:

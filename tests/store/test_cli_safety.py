@@ -251,3 +251,27 @@ def test_sql_ordinary_queries_still_work(place):
     ):
         result = trajforge(place, "sql", "--out", str(out), query.replace("LAKE", str(out)))
         assert result.returncode == 0, (query, result.stderr)
+
+
+def test_sql_csv_writes_nested_columns_as_json_text(place):
+    """`SELECT * FROM runs` as CSV: the counts map and the steps list come out as JSON, one row each."""
+    import csv as csvlib
+    import io
+
+    _, _, out = place
+    result = trajforge(place, "sql", "--out", str(out), "--format", "csv", "SELECT run_id, counts FROM runs")
+    assert result.returncode == 0, result.stderr
+    [row] = list(csvlib.DictReader(io.StringIO(result.stdout)))
+    assert isinstance(json.loads(row["counts"]), dict)
+    steps = trajforge(
+        place,
+        "sql",
+        "--out",
+        str(out),
+        "--format",
+        "csv",
+        "SELECT trajectory_id, steps FROM trajectories ORDER BY 1 LIMIT 1",
+    )
+    assert steps.returncode == 0, steps.stderr
+    [row] = list(csvlib.DictReader(io.StringIO(steps.stdout)))
+    assert [s["index"] for s in json.loads(row["steps"])] == [0, 1]
