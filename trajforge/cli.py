@@ -42,7 +42,7 @@ class Search(StrEnum):
 
 def _quiet_prefect(verbose: bool) -> None:
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # failures: our one line
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
@@ -96,9 +96,14 @@ def run(
         raise fail(str(exc)) from None
     _quiet_prefect(verbose)
     from trajforge.flows.run import ValidationFailed, run_flow
+    from trajforge.flows.staging import RunDir, RunLocked
 
     try:
-        summary = run_flow(cfg, dry_run=dry_run)
+        # Held here too (the flow's lock is re-entrant), so a second run is refused before Prefect starts.
+        with RunDir(cfg.out, cfg.run_id).lock():
+            summary = run_flow(cfg, dry_run=dry_run)
+    except RunLocked as exc:
+        raise fail(str(exc)) from None
     except ValidationFailed as exc:
         raise fail(str(exc), code=1) from None
     except Exception as exc:  # noqa: BLE001 - one line for the user; the run folder keeps the state
