@@ -272,7 +272,10 @@ def _run(config: RunConfig, run_dir: RunDir, dry_run: bool) -> dict[str, Any]:
     if status == "staged":
         logger.info("resuming run %s from its staged batch", config.run_id)
         specs = _saved_plan(config, run_dir)
-    elif attempts and (status == "running" or manifest.get("retry") == "failed_items"):
+    elif attempts and (
+        (status == "validation_failed" and manifest.get("retry") == "failed_items")
+        or (status == "running" and manifest.get("attempt", 0) > 0)  # a retry that crashed
+    ):
         logger.info("run %s: retrying the items that failed", config.run_id)
         specs = _plan(config, run_dir)
         stage_batch(config, specs, run_dir, attempt=attempts)
