@@ -234,14 +234,15 @@ def child(method: str, out: Path, rows: int) -> None:
     print(json.dumps({"wall_s": wall, "peak_mb": _rss_mb(), "imported_mb": imported}))
 
 
+def _spawn(*args: str) -> str:
+    """A fresh process: Linux carries a process's peak RSS across exec, so this one stays small."""
+    result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return result.stdout
+
+
 def measure(method: str, out: Path, rows: int) -> dict[str, float]:
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", method, "--dir", str(out), "--rows", str(rows)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    output = _spawn("--child", method, "--dir", str(out), "--rows", str(rows))
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -251,9 +252,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 30_000, 100_000])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--obs-chars", type=int, default=200)
-    parser.add_argument("--child", choices=["old", "new"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["stage", "old", "new"], help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "stage":
+        return stage(args.dir, args.rows[0], args.steps, args.obs_chars)
     if args.child:
         return child(args.child, args.dir, args.rows[0])
 
@@ -263,7 +266,18 @@ def main() -> None:
     for rows in args.rows:
         out = Path(tempfile.mkdtemp(prefix="trajforge-validate-bench-"))
         try:
-            stage(out, rows, args.steps, args.obs_chars)
+            _spawn(
+                "--child",
+                "stage",
+                "--dir",
+                str(out),
+                "--rows",
+                str(rows),
+                "--steps",
+                str(args.steps),
+                "--obs-chars",
+                str(args.obs_chars),
+            )
             staged = sum(f.stat().st_size for f in out.rglob("*.parquet")) / 2**20
             old, new = measure("old", out, rows), measure("new", out, rows)
             for name, m in (("whole batch (before)", old), ("streaming gate (now)", new)):

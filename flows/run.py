@@ -39,8 +39,9 @@ class ValidationFailed(RuntimeError):
         self.report_path = report_path
 
 
-# Rows per validation chunk: what validation holds at once, whatever the size of the batch.
-CHUNK_ROWS = 2048
+# A validation chunk (what validation holds at once, whatever the size of the batch): at most
+# this many rows, and about this many bytes of Arrow data (web observations make wide rows).
+CHUNK_ROWS, CHUNK_BYTES = 4096, 16 * 2**20
 Item = tuple[str, str]  # (task_id, policy)
 
 
@@ -100,6 +101,9 @@ def stage_batch(config: RunConfig, specs: list[dict[str, Any]], run_dir: RunDir,
         prior = [str(f) for f in run_dir.parts("trajectories")]
         specs = [s for s in specs if ids.task_id(s["env"], s["env_task"], s["seed"]) in only]
         retry = {"only": only, "prior_trajectories": prior}
+        if not only:  # nothing left to retry
+            run_dir.set_status("staged", attempts=attempt)
+            return
     run_dir.set_status("running", attempt=attempt)
     synthesis.run(
         config.pipeline_options,
@@ -171,7 +175,7 @@ def validate(config: RunConfig, run_dir: RunDir, specs: list[dict[str, Any]]) ->
         schema, key = arrow.TABLES[name]
         deduper = Deduper(key)
         empty = True
-        for batch in run_dir.iter_staged(name, CHUNK_ROWS):
+        for batch in run_dir.iter_staged(name, CHUNK_ROWS, batch_bytes=CHUNK_BYTES):
             empty = False
             rows = batch.to_pylist()
             if batch.schema.equals(schema, check_metadata=False):  # else the gate reports the drift

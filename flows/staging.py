@@ -154,12 +154,17 @@ class RunDir:
         return pa.concat_tables(parts, promote_options="permissive")
 
     def iter_staged(
-        self, table: str, batch_rows: int, columns: list[str] | None = None
+        self, table: str, batch_rows: int, columns: list[str] | None = None, batch_bytes: int | None = None
     ) -> Iterator[pa.RecordBatch]:
-        """The staged table in record batches of at most `batch_rows`, part by part, as written."""
+        """The staged table in record batches of at most `batch_rows` rows (and about `batch_bytes`
+        bytes uncompressed, for wide rows), part by part, as written."""
         for f in self.parts(table):
             with pq.ParquetFile(f) as part:
-                yield from part.iter_batches(batch_size=batch_rows, columns=columns)
+                meta, rows = part.metadata, batch_rows
+                if batch_bytes and meta.num_rows:
+                    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+                    rows = max(1, min(batch_rows, batch_bytes * meta.num_rows // max(size, 1)))
+                yield from part.iter_batches(batch_size=rows, columns=columns)
 
     def drop_staged_rows(self, table: str, drop: Callable[[pa.Table], pa.Array]) -> None:
         """Rewrite each part of `table` without the rows where `drop` (a boolean mask) is true."""

@@ -124,6 +124,15 @@ def test_a_run_refused_for_an_outage_resumes_with_the_same_command(cli, tiny_ser
         assert datetime.fromisoformat(r["created_at"]) == kept[r["trajectory_id"]]["created_at"]
     assert all(r["model_calls"] > 0 for r in by_policy[model])
     assert len(proxy.forwarded) >= sum(r["model_calls"] for r in by_policy[model])
+    # Each task's success/failure pairs were mined over both attempts' trajectories.
+    mixed = sql_json(
+        cli,
+        out,
+        "SELECT count(*) AS n FROM (SELECT task_id FROM trajectories GROUP BY 1 "
+        "HAVING bool_or(success) AND bool_or(NOT success))",
+    )[0]["n"]
+    assert mixed > 0
+    assert sql_json(cli, out, "SELECT count(*) AS n FROM pairs WHERE source = 'trajectory'")[0]["n"] == mixed
     # The retried items' failures were superseded by their trajectories.
     assert sql_json(cli, out, "SELECT count(*) AS n FROM failures")[0]["n"] == 0
     assert _status(cli, out) == ["committed"]
