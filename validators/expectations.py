@@ -1,7 +1,8 @@
 """Great Expectations suites that gate every commit: a batch that fails is not committed.
 
-GX never raises on bad data, so `validate_batch` reads each result itself and treats an
-expectation that raised as failed.
+GX never raises on bad data, so the gate reads each result itself and treats an expectation
+that raised as failed. `Gate` runs the suites chunk by chunk (bounded memory) and sums the
+results per expectation; `validate_batch` is the same over whole tables.
 """
 
 from __future__ import annotations
