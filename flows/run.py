@@ -36,6 +36,7 @@ class ValidationFailed(RuntimeError):
 
     def __init__(self, summary: str, report_path: str, hint: str = "") -> None:
         super().__init__(f"validation failed, nothing committed: {summary} (report: {report_path}){hint}")
+        self.summary = summary
         self.report_path = report_path
 
 
@@ -197,13 +198,15 @@ def validate(config: RunConfig, run_dir: RunDir, specs: list[dict[str, Any]]) ->
     write_json_atomic(run_dir.report, report.to_dict())
     if not report.success:
         incomplete = all(o.table == "items" for o in report.failed)
-        run_dir.set_status(
-            "validation_failed", summary=report.summary(), retry="failed_items" if incomplete else "all"
-        )
-        if incomplete:
+        if incomplete:  # the same command retries the failed items; else it restages the batch
             done = sum(1 for item in items if item in finished)
-            raise _refusal(str(run_dir.report), counts, len(items), done, config.max_failed_share)
-        raise ValidationFailed(report.summary(), str(run_dir.report))
+            refusal = _refusal(str(run_dir.report), counts, len(items), done, config.max_failed_share)
+        else:
+            refusal = ValidationFailed(report.summary(), str(run_dir.report))
+        run_dir.set_status(
+            "validation_failed", summary=refusal.summary, retry="failed_items" if incomplete else "all"
+        )
+        raise refusal
     return counts
 
 
