@@ -93,9 +93,10 @@ class RunDir:
         return self.path / "plan.json"
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the run's exclusive lock (re-entrant within this process); RunLocked names the
-        pid of the process that holds it. The kernel drops it when the process dies."""
+    def lock(self, wait: bool = False) -> Iterator[None]:
+        """Hold the run's exclusive lock (re-entrant within this process), waiting for it when
+        `wait`, else RunLocked names the pid of the process that holds it. The kernel drops it
+        when the process dies."""
         key = self.path.resolve()
         if key in _HELD:
             _HELD[key] += 1
@@ -108,7 +109,7 @@ class RunDir:
         fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunLocked(self.run_id, os.pread(fd, 64, 0).decode(errors="replace").strip()) from None
             os.ftruncate(fd, 0)

@@ -65,6 +65,9 @@ def run(
     max_steps: Annotated[int | None, typer.Option(help="steps per episode")] = None,
     concurrency: Annotated[int | None, typer.Option(help="searches in flight per worker")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="stage and validate, do not commit")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="if this run is running elsewhere, wait for it instead of exiting")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
 ) -> None:
     """Run (or resume) the pipeline: tasks -> rollouts -> verify -> validate -> commit.
@@ -100,7 +103,7 @@ def run(
 
     try:
         # Held here too (the flow's lock is re-entrant), so a second run is refused before Prefect starts.
-        with RunDir(cfg.out, cfg.run_id).lock():
+        with RunDir(cfg.out, cfg.run_id).lock(wait=wait):
             summary = run_flow(cfg, dry_run=dry_run)
     except RunLocked as exc:
         raise fail(str(exc)) from None

@@ -183,23 +183,35 @@ def test_a_second_run_of_the_same_command_exits_2_naming_the_pid(cli, prefect_ap
         text=True,
         env=env,
     )
+    waiting = None
     try:
         deadline = time.monotonic() + 120
         while not any(f.read_text().strip() for f in out.glob("runs/*/lock")):
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.1)
         second = cli(*args)
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "trajforge.cli", *args, "--wait"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         still_running = first.poll() is None
         stdout, stderr = first.communicate(timeout=600)
+        waited = waiting.communicate(timeout=600)
     finally:
-        if first.poll() is None:
-            first.kill()
+        for proc in (first, waiting):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
     assert still_running
     assert second.returncode == 2
     line = _error_line(second.stderr)
     assert line.startswith("error: run ") and f"already running in process {first.pid}" in line
     assert first.returncode == 0, stderr
     assert "Added to the lake" in stdout
+    # With --wait the same command waits for the first and then finds its run in the lake.
+    assert waiting.returncode == 0 and "already in the lake" in waited[0], waited[1]
     assert _status(cli, out) == ["committed"]
 
     # A crash between the commit and the cleanup leaves staging behind: the next run clears it.
