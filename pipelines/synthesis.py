@@ -359,9 +359,9 @@ def _pairs_of_task(item: tuple[str, Any], max_pairs: int) -> Iterator[dict]:
         yield pair.row()
 
 
-def _write(pcoll: beam.PCollection, staging: Path, table: str) -> None:
+def _write(pcoll: beam.PCollection, staging: Path, table: str, part: str) -> None:
     pcoll | f"Write {table}" >> beam.io.WriteToParquet(
-        str(staging / table / "part"),
+        str(staging / table / part),
         schema=arrow.TABLES[table][0],
         file_name_suffix=".parquet",
         codec="zstd",
@@ -386,7 +386,14 @@ def build(
     critique: bool = False,
     requests_in_flight: int = 64,
     deadline_margin_s: float = DEADLINE_MARGIN_S,
+    only: dict[str, list[str]] | None = None,
+    prior_trajectories: list[str] | None = None,
+    part: str = "part",
 ) -> None:
+    """`only` (task id -> policies) restricts the searches to those items (a retry of the failed
+    items of a run; `specs` then holds their tasks); `prior_trajectories` (staged Parquet files
+    of the same run) join the per-task pair mining, so a task's pairs see all its trajectories.
+    Files are written as `staging/TABLE/PART-*.parquet`."""
     options = {
         "deadline_margin_s": deadline_margin_s,
         "concurrency": concurrency,
@@ -402,7 +409,8 @@ def build(
     )
     searched = (
         described.tasks
-        | "Expand" >> beam.FlatMap(lambda t: [(t, policy) for policy in policies])
+        | "Expand"
+        >> beam.FlatMap(lambda t: [(t, p) for p in (policies if only is None else only[t["task_id"]])])
         | "Reshuffle work" >> beam.Reshuffle()
         | "Search"
         >> beam.ParDo(Search(env_options, run_id, settings, options)).with_outputs(
@@ -414,18 +422,29 @@ def build(
         trajectories = trajectories | "Judge" >> Judge(
             judge, model_options or {}, critique, requests_in_flight
         )
+    mined = trajectories
+    if prior_trajectories:
+        retried = set(only or {})
+        prior = (
+            p
+            | "Prior files" >> beam.Create(prior_trajectories)
+            | "Read prior" >> beam.io.ReadAllFromParquet(columns=list(arrow.TRAJECTORIES.names))
+            | "Of retried tasks" >> beam.Filter(lambda t: t["task_id"] in retried)
+        )
+        mined = (trajectories, prior) | "With prior" >> beam.Flatten()
     trajectory_level = (
-        trajectories
+        mined
         | "By task" >> beam.Map(lambda t: (t["task_id"], t))
         | "Group by task" >> beam.GroupByKey()
         | "Mine pairs" >> beam.FlatMap(_pairs_of_task, max_trajectory_pairs)
     )
-    _write(described.tasks, staging, "tasks")
-    _write(trajectories, staging, "trajectories")
-    _write(searched[NODES], staging, "nodes")
-    _write(searched[ARTIFACTS], staging, "artifacts")
-    _write((searched[PAIRS], trajectory_level) | "All pairs" >> beam.Flatten(), staging, "pairs")
-    _write((described.failures, searched.failures) | "All failures" >> beam.Flatten(), staging, "failures")
+    _write(described.tasks, staging, "tasks", part)
+    _write(trajectories, staging, "trajectories", part)
+    _write(searched[NODES], staging, "nodes", part)
+    _write(searched[ARTIFACTS], staging, "artifacts", part)
+    _write((searched[PAIRS], trajectory_level) | "All pairs" >> beam.Flatten(), staging, "pairs", part)
+    failures = (described.failures, searched.failures) | "All failures" >> beam.Flatten()
+    _write(failures, staging, "failures", part)
 
 
 def run(pipeline_options: list[str], **kwargs: Any) -> None:

@@ -50,7 +50,7 @@ class Search(StrEnum):
 
 def _quiet_prefect(verbose: bool) -> None:
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # failures: our one line
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here
@@ -73,6 +73,9 @@ def run(
     max_steps: Annotated[int | None, typer.Option(help="steps per episode")] = None,
     concurrency: Annotated[int | None, typer.Option(help="searches in flight per worker")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="stage and validate, do not commit")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="if this run is running elsewhere, wait for it instead of exiting")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
 ) -> None:
     """Run (or resume) the pipeline: tasks -> rollouts -> verify -> validate -> commit.
@@ -104,15 +107,20 @@ def run(
         raise fail(str(exc)) from None
     _quiet_prefect(verbose)
     from trajforge.flows.run import ValidationFailed, run_flow
+    from trajforge.flows.staging import RunDir, RunLocked
 
     signal.signal(signal.SIGINT, _interrupted)
     try:
-        summary = run_flow(cfg, dry_run=dry_run)
+        # Held here too (the flow's lock is re-entrant), so a second run is refused before Prefect starts.
+        with RunDir(cfg.out, cfg.run_id).lock(wait=wait):
+            summary = run_flow(cfg, dry_run=dry_run)
     except KeyboardInterrupt:  # a hung search's thread is a daemon: exit does not wait for it
         raise fail(
             f"run {cfg.run_id} interrupted; nothing was committed; run the same command again to resume",
             code=130,
         ) from None
+    except RunLocked as exc:
+        raise fail(str(exc)) from None
     except ValidationFailed as exc:
         raise fail(str(exc), code=1) from None
     except Exception as exc:  # noqa: BLE001 - one line for the user; the run folder keeps the state

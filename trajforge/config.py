@@ -17,7 +17,8 @@ from trajforge.environments.base import ConfigError
 from trajforge.schemas.ids import canonical_json
 
 # Settings that decide where and how fast a run executes, not what data it makes:
-# they stay out of the fingerprint, so moving a run to another runner or folder keeps its id.
+# they stay out of the fingerprint, so moving a run to another runner or folder keeps its id
+# (and raising max_failed_share lets a refused batch commit as the same run).
 EXECUTION_FIELDS = {
     "out",
     "pipeline_options",
@@ -25,6 +26,7 @@ EXECUTION_FIELDS = {
     "concurrency",
     "requests_in_flight",
     "deadline_margin_s",
+    "max_failed_share",
 }
 EXECUTION_MODEL_FIELDS = {"api_key_env"}
 # What code_version hashes when the checkout has uncommitted changes: the code, not notes or tests.
@@ -160,6 +162,13 @@ class RunConfig(BaseModel):
         default_factory=lambda: ["--runner=FnApiRunner", "--default_sdk_harness_log_level=WARNING"]
     )
     workers: int = Field(2, ge=1, le=256, description="processes for preparing environments")
+    max_failed_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="largest share of failed (task, policy) items a batch may have and still commit; "
+        "above it the gate refuses the batch and running the same command again retries the failed items",
+    )
 
     @field_validator("envs", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """Great Expectations suites that gate every commit: a batch that fails is not committed.
 
-GX never raises on bad data, so `validate_batch` reads each result itself and treats an
-expectation that raised as failed.
+GX never raises on bad data, so the gate reads each result itself and treats an expectation
+that raised as failed. `Gate` runs the suites chunk by chunk (bounded memory) and sums the
+results per expectation; `validate_batch` is the same over whole tables.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from trajforge.schemas import arrow
 
@@ -104,84 +107,191 @@ def _suites(max_steps: int, pair_gap: float) -> dict[str, list]:
     }
 
 
-def _derive(table: str, df: pd.DataFrame, pair_gap: float) -> pd.DataFrame:
-    if df.empty:
-        return df.assign(**{c: pd.Series(dtype=bool) for c in _DERIVED.get(table, [])})
+def _derive(table: str, data: pa.Table, pair_gap: float) -> pa.Table:
+    """The derived check columns, computed in Arrow (no Python object per step)."""
+    n = data.num_rows
     if table == "pairs":
-        gap = (df["q_chosen"] - df["q_rejected"]).fillna(-1.0)
-        return df.assign(
-            chosen_differs=df["chosen"] != df["rejected"],
-            sibling_gap_met=(df["source"] != "mcts_sibling") | (gap >= pair_gap - 1e-9),
+        gap = pc.fill_null(pc.subtract(data["q_chosen"], data["q_rejected"]), -1.0)
+        checks = {
+            "chosen_differs": pc.not_equal(data["chosen"], data["rejected"]),
+            "sibling_gap_met": pc.or_(
+                pc.not_equal(data["source"], "mcts_sibling"), pc.greater_equal(gap, pair_gap - 1e-9)
+            ),
+        }
+    elif table == "trajectories":
+        steps = data["steps"].combine_chunks() if n else pa.array([], data.schema.field("steps").type)
+        rewards = pc.fill_null(pc.struct_field(pc.list_flatten(steps), "reward"), 0.0).to_numpy()
+        step_sum = np.bincount(pc.list_parent_indices(steps).to_numpy(), weights=rewards, minlength=n).astype(
+            float
         )
-    if table != "trajectories":
-        return df
-    steps = df["steps"].map(lambda s: list(s) if s is not None else [])
-    step_sum = steps.map(lambda s: sum(float(x["reward"] or 0.0) for x in s))
-    return df.assign(
-        num_steps_matches_steps=steps.map(len) == df["num_steps"],
-        success_has_reward=~df["success"].fillna(False).astype(bool) | (df["total_reward"] > 0),
-        step_rewards_sum_to_total=(step_sum - df["total_reward"]).abs() < 1e-6,
-    )
+        total = data["total_reward"]
+        checks = {
+            "num_steps_matches_steps": pc.equal(
+                pc.fill_null(pc.list_value_length(steps), 0), data["num_steps"]
+            ),
+            "success_has_reward": pc.or_(
+                pc.invert(pc.fill_null(data["success"], False)), pc.greater(total, 0.0)
+            ),
+            "step_rewards_sum_to_total": pc.less(pc.abs(pc.subtract(pa.array(step_sum), total)), 1e-6),
+        }
+    else:
+        return data
+    for name, values in checks.items():
+        data = data.append_column(name, pc.fill_null(values, False))
+    return data
 
 
-_DERIVED = {
-    "trajectories": ["num_steps_matches_steps", "success_has_reward", "step_rewards_sum_to_total"],
-    "pairs": ["chosen_differs", "sibling_gap_met"],
-}
-
-
-def _schema_outcome(table: str, data: pa.Table) -> ExpectationOutcome:
-    declared, got = arrow.TABLES[table][0], data.schema
+def _schema_problems(table: str, got: pa.Schema) -> list[str]:
+    declared = arrow.TABLES[table][0]
     problems = [f"unexpected column {n}" for n in got.names if n not in declared.names]
     for f in declared:
         if f.name not in got.names:
             problems.append(f"{f.name}: missing")
         elif not got.field(f.name).type.equals(f.type):
             problems.append(f"{f.name}: {got.field(f.name).type} != {f.type}")
-    return ExpectationOutcome(table, "schema_matches_contract", None, not problems, "; ".join(problems))
+    return problems
 
 
-def _detail(result: Any) -> str:
-    if result.exception_info and result.exception_info.get("raised_exception"):
-        return f"raised: {result.exception_info.get('exception_message')}"
-    res = result.result or {}
-    if "unexpected_count" in res:
-        sample = res.get("partial_unexpected_list", [])[:3]
-        return f"{res['unexpected_count']} unexpected values, e.g. {sample}"
-    return ""
+def _raised(result: Any) -> str:
+    info = result.exception_info or {}
+    return f"raised: {info.get('exception_message')}" if info.get("raised_exception") else ""
+
+
+@dataclass
+class _Tally:
+    """One expectation's results summed over the chunks of its table."""
+
+    success: bool = True
+    unexpected: int = 0
+    sample: list[Any] = field(default_factory=list)
+    error: str = ""
+    counted: bool = False  # some chunk reported an unexpected count
+
+    def outcome(self, table: str, expectation: str, column: str | None) -> ExpectationOutcome:
+        detail = self.error
+        if not detail and self.counted:
+            detail = f"{self.unexpected} unexpected values, e.g. {self.sample[:3]}"
+        return ExpectationOutcome(table, expectation, column, self.success, detail)
+
+
+class Gate:
+    """The suites run over a batch chunk by chunk (a chunk: a bounded number of rows of one
+    table), their results summed per expectation, so a batch of any size validates in bounded
+    memory. Uniqueness across chunks is the caller's (see validators.dedup.Deduper), reported
+    here through `duplicates`."""
+
+    def __init__(self, *, max_steps: int, pair_gap: float = 0.0) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        for name in ("great_expectations", "great_expectations.data_context.types.base"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        self._gx = gx
+        self._ctx = gx.get_context(mode="ephemeral")
+        self._ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        self._source = self._ctx.data_sources.add_pandas("staging")
+        self._suites = _suites(max_steps, pair_gap)
+        self._pair_gap = pair_gap
+        self._batches: dict[str, Any] = {}
+        self._schema: dict[str, set[str]] = {}
+        self._tallies: dict[tuple[str, str, str | None], _Tally] = {}
+        self._outcomes: list[ExpectationOutcome] = []  # whole-batch checks (completeness)
+
+    def tables(self) -> list[str]:
+        return list(self._suites)
+
+    def _validate(self, table: str, df: pd.DataFrame, expectations: list) -> list[Any]:
+        if table not in self._batches:
+            asset = self._source.add_dataframe_asset(name=table)
+            self._batches[table] = asset.add_batch_definition_whole_dataframe("all")
+        batch = self._batches[table].get_batch(batch_parameters={"dataframe": df})
+        suite = self._gx.ExpectationSuite(name=f"trajforge.{table}", expectations=expectations)
+        return batch.validate(suite).results
+
+    def _tally(self, table: str, expectation: str, column: str | None) -> _Tally:
+        return self._tallies.setdefault((table, expectation, column), _Tally())
+
+    def check(self, table: str, chunk: pa.Table | pa.RecordBatch) -> None:
+        """Run the table's suite on one chunk: the schema, then each expectation on only the
+        columns it reads."""
+        if table not in self._suites:
+            return
+        data = pa.Table.from_batches([chunk]) if isinstance(chunk, pa.RecordBatch) else chunk
+        problems = self._schema.setdefault(table, set())
+        problems.update(_schema_problems(table, data.schema))
+        expectations = self._suites[table]
+        try:
+            data = _derive(table, data, self._pair_gap)
+        except (pa.ArrowException, KeyError, ValueError) as exc:
+            problems.add(f"derived checks: {exc}")  # a drifted schema: reported, the rest still runs
+        wanted = {e.column for e in expectations}
+        df = data.select([c for c in data.column_names if c in wanted]).to_pandas()
+        for result in self._validate(table, df, expectations):
+            tally = self._tally(
+                table, result.expectation_config.type, result.expectation_config.kwargs.get("column")
+            )
+            raised = _raised(result)
+            tally.success = tally.success and bool(result.success) and not raised
+            tally.error = tally.error or raised
+            res = result.result or {}
+            if "unexpected_count" in res:
+                tally.counted = True
+                tally.unexpected += res["unexpected_count"] or 0
+                if len(tally.sample) < 3:
+                    tally.sample += res.get("partial_unexpected_list", [])[: 3 - len(tally.sample)]
+
+    def duplicates(self, table: str, column: str, ids: list[str]) -> None:
+        """Ids found again in a later chunk with other content: the uniqueness expectation fails."""
+        if ids:
+            tally = self._tally(table, "expect_column_values_to_be_unique", column)
+            tally.success, tally.counted = False, True
+            tally.unexpected += len(ids)
+            tally.sample += ids[: max(0, 3 - len(tally.sample))]
+
+    def completeness(self, finished: list[bool], max_failed_share: float) -> None:
+        """Every (task, policy) item of the run, finished or not: the batch must hold
+        trajectories, and at most `max_failed_share` of the items may have failed."""
+        import great_expectations.expectations as gxe
+
+        df = pd.DataFrame({"finished": pd.Series(finished, dtype=bool).astype(int)})
+        expectations = [
+            gxe.ExpectColumnMaxToBeBetween(column="finished", min_value=1),
+            gxe.ExpectColumnValuesToBeInSet(column="finished", value_set=[1], mostly=1.0 - max_failed_share),
+        ]
+        failed, total = len(finished) - sum(finished), len(finished)
+        details = [
+            "the batch has no trajectories",
+            f"{failed}/{total} (task, policy) items failed, more than max_failed_share {max_failed_share:g}",
+        ]
+        for result, detail in zip(self._validate("items", df, expectations), details, strict=True):
+            ok = bool(result.success) and not _raised(result)
+            self._outcomes.append(
+                ExpectationOutcome(
+                    "items", result.expectation_config.type, "finished", ok, "" if ok else detail
+                )
+            )
+
+    def report(self) -> ValidationReport:
+        report = ValidationReport()
+        for table in self._suites:
+            if table in self._schema:
+                problems = sorted(self._schema[table])
+                report.outcomes.append(
+                    ExpectationOutcome(
+                        table, "schema_matches_contract", None, not problems, "; ".join(problems)
+                    )
+                )
+            for (name, expectation, column), tally in self._tallies.items():
+                if name == table:
+                    report.outcomes.append(tally.outcome(table, expectation, column))
+        report.outcomes += self._outcomes
+        return report
 
 
 def validate_batch(tables: dict[str, pa.Table], *, max_steps: int, pair_gap: float = 0.0) -> ValidationReport:
-    """Run the suites over the staged Arrow tables of one run."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    for name in ("great_expectations", "great_expectations.data_context.types.base"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    source = ctx.data_sources.add_pandas("staging")
-    report = ValidationReport()
-    for table, expectations in _suites(max_steps, pair_gap).items():
-        if table not in tables:
-            continue
-        report.outcomes.append(_schema_outcome(table, tables[table]))
-        df = _derive(table, tables[table].to_pandas(), pair_gap)
-        batch = (
-            source.add_dataframe_asset(name=table)
-            .add_batch_definition_whole_dataframe("all")
-            .get_batch(batch_parameters={"dataframe": df})
-        )
-        suite = gx.ExpectationSuite(name=f"trajforge.{table}", expectations=expectations)
-        for result in batch.validate(suite).results:
-            raised = bool(result.exception_info and result.exception_info.get("raised_exception"))
-            report.outcomes.append(
-                ExpectationOutcome(
-                    table=table,
-                    expectation=result.expectation_config.type,
-                    column=result.expectation_config.kwargs.get("column"),
-                    success=bool(result.success) and not raised,
-                    detail=_detail(result),
-                )
-            )
-    return report
+    """Run the suites over whole Arrow tables (each one chunk)."""
+    gate = Gate(max_steps=max_steps, pair_gap=pair_gap)
+    for table in gate.tables():
+        if table in tables:
+            gate.check(table, tables[table])
+    return gate.report()
