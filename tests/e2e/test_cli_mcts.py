@@ -68,8 +68,10 @@ def test_rerun_adds_nothing(cli, mcts_lake, tmp_path):
 
 def test_a_crashing_environment_fails_its_task_not_the_run(cli, tmp_path):
     config = tmp_path / "crash.yaml"
+    # A third of the items fail: more than the gate's default share, so the user raises it.
     config.write_text(
         "envs: [{name: toy, options: {crash_every: 3}}]\nsearch: mcts\npolicies: [random]\ntasks: 6\n"
+        "max_failed_share: 0.5\n"
     )
     out = tmp_path / "data"
     result = cli("run", "--config", str(config), "--out", str(out))
