@@ -5,16 +5,13 @@ from __future__ import annotations
 import re
 import traceback
 from datetime import UTC, datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajforge.schemas import ids
+from trajforge.schemas.kinds import PairSource, SearchMethod, TaskSource
 
 SCHEMA_VERSION = 1
-
-TaskSource = Literal["env", "template", "explored", "curriculum"]
-SearchKind = Literal["rollout", "best_of_n", "mcts"]
 
 
 def utcnow() -> datetime:
@@ -66,7 +63,7 @@ class Trajectory(Record):
     task_id: str
     env: str
     instruction: str
-    search: SearchKind
+    search: SearchMethod
     policy: str
     steps: list[Step]
     num_steps: int
@@ -102,7 +99,7 @@ class Pair(Record):
     rejected: str
     q_chosen: float | None
     q_rejected: float | None
-    source: Literal["mcts_sibling", "trajectory", "revision"]
+    source: PairSource
     run_id: str | None = None
     policy: str | None = None  # the policy whose search tree gave an mcts_sibling pair
 

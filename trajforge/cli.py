@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from trajforge.schemas.kinds import SearchMethod, values
+
 app = typer.Typer(
     help="trajforge manufactures verified training data for LLM agents.",
     no_args_is_help=True,
@@ -42,10 +44,7 @@ class Format(StrEnum):
     json = "json"
 
 
-class Search(StrEnum):
-    rollout = "rollout"
-    best_of_n = "best_of_n"
-    mcts = "mcts"
+Search = StrEnum("Search", {v: v for v in values(SearchMethod)})
 
 
 def _quiet_prefect(verbose: bool) -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trajforge import __version__
 from trajforge.environments.base import ConfigError
 from trajforge.schemas.ids import canonical_json
+from trajforge.schemas.kinds import SearchMethod
 
 # Settings that decide where and how fast a run executes, not what data it makes:
 # they stay out of the fingerprint, so moving a run to another runner or folder keeps its id
@@ -127,7 +128,7 @@ class RunConfig(BaseModel):
     envs: list[EnvSpec] = Field(default_factory=lambda: [EnvSpec(name="textworld")], min_length=1)
     tasks: int = Field(10, ge=1, le=100_000, description="tasks per environment")
     seed: int = Field(0, ge=0)
-    search: Literal["rollout", "best_of_n", "mcts"] = "rollout"
+    search: SearchMethod = "rollout"
     policies: list[str] = Field(default_factory=lambda: ["oracle", "random"], min_length=1)
     samples: int | None = Field(
         None,

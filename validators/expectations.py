@@ -16,11 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from trajforge.schemas import arrow
-
-SEARCHES = ["rollout", "best_of_n", "mcts"]
-TASK_SOURCES = ["env", "template", "explored", "curriculum"]
-PAIR_SOURCES = ["mcts_sibling", "trajectory", "revision"]
+from trajforge.schemas import arrow, kinds
 
 
 @dataclass
@@ -61,20 +57,23 @@ class ValidationReport:
 def _suites(max_steps: int, pair_gap: float) -> dict[str, list]:
     import great_expectations.expectations as gxe
 
+    def one_of(column: str, kind: Any) -> Any:  # a column of a kind declared in schemas.kinds
+        return gxe.ExpectColumnValuesToBeInSet(column=column, value_set=list(kinds.values(kind)))
+
     return {
         "tasks": [
             gxe.ExpectColumnValuesToNotBeNull(column="task_id"),
             gxe.ExpectColumnValuesToBeUnique(column="task_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="env"),
             gxe.ExpectColumnValuesToNotBeNull(column="env_task"),
-            gxe.ExpectColumnValuesToBeInSet(column="source", value_set=TASK_SOURCES),
+            one_of("source", kinds.TaskSource),
         ],
         "trajectories": [
             gxe.ExpectColumnValuesToNotBeNull(column="trajectory_id"),
             gxe.ExpectColumnValuesToBeUnique(column="trajectory_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="task_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="policy"),
-            gxe.ExpectColumnValuesToBeInSet(column="search", value_set=SEARCHES),
+            one_of("search", kinds.SearchMethod),
             gxe.ExpectColumnValuesToBeBetween(column="total_reward", min_value=-1.0, max_value=1.0),
             gxe.ExpectColumnValuesToBeBetween(column="num_steps", min_value=0, max_value=max_steps),
             gxe.ExpectColumnValuesToBeBetween(column="verifier_score", min_value=0.0, max_value=1.0),
@@ -87,7 +86,7 @@ def _suites(max_steps: int, pair_gap: float) -> dict[str, list]:
             gxe.ExpectColumnValuesToNotBeNull(column="pair_id"),
             gxe.ExpectColumnValuesToBeUnique(column="pair_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="task_id"),
-            gxe.ExpectColumnValuesToBeInSet(column="source", value_set=PAIR_SOURCES),
+            one_of("source", kinds.PairSource),
             gxe.ExpectColumnValuesToBeInSet(column="chosen_differs", value_set=[True]),
             gxe.ExpectColumnValuesToBeInSet(column="sibling_gap_met", value_set=[True]),
         ],
