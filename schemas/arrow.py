@@ -1,155 +1,88 @@
-"""Arrow schemas of the lake's tables: the column names and types are the data contract."""
+"""Arrow schemas of the lake's tables, derived from the records (schemas.records): the column names
+and types are the data contract, held to it by tests/schemas/test_contract.py."""
 
 from __future__ import annotations
 
+import types
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
 import pyarrow as pa
+from pydantic import BaseModel
+
+from trajforge.schemas.records import (
+    Artifact,
+    Failure,
+    Pair,
+    Record,
+    RunRecord,
+    Step,
+    Stored,
+    Task,
+    Trajectory,
+    TreeNode,
+)
 
 TS = pa.timestamp("us", tz="UTC")
 
-STEP = pa.struct(
-    [
-        ("index", pa.int32()),
-        ("observation", pa.string()),
-        ("action", pa.string()),
-        ("thought", pa.string()),
-        ("reward", pa.float64()),
-        ("done", pa.bool_()),
-        ("value", pa.float64()),
-    ]
-)
-
-TASKS = pa.schema(
-    [
-        ("task_id", pa.string()),
-        ("env", pa.string()),
-        ("env_task", pa.string()),
-        ("seed", pa.int64()),
-        ("instruction", pa.string()),
-        ("source", pa.string()),
-        ("parent_task_id", pa.string()),
-        ("run_id", pa.string()),
-        ("created_at", TS),
-    ]
-)
-
-TRAJECTORIES = pa.schema(
-    [
-        ("trajectory_id", pa.string()),
-        ("task_id", pa.string()),
-        ("env", pa.string()),
-        ("instruction", pa.string()),
-        ("search", pa.string()),
-        ("policy", pa.string()),
-        ("steps", pa.list_(STEP)),
-        ("num_steps", pa.int32()),
-        ("total_reward", pa.float64()),
-        ("success", pa.bool_()),
-        ("verifier_score", pa.float64()),
-        ("verifier_verdict", pa.string()),
-        ("critique", pa.string()),
-        ("tokens_in", pa.int64()),
-        ("tokens_out", pa.int64()),
-        ("cost_usd", pa.float64()),
-        ("model_calls", pa.int64()),
-        ("cached_calls", pa.int64()),
-        ("env_steps", pa.int64()),
-        ("wall_s", pa.float64()),
-        ("final_observation", pa.string()),
-        ("stop_reason", pa.string()),
-        ("run_id", pa.string()),
-        ("created_at", TS),
-        ("cached_tokens_in", pa.int64()),
-        ("cached_tokens_out", pa.int64()),
-        ("cached_cost_usd", pa.float64()),
-    ]
-)
-
-FAILURES = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("task_id", pa.string()),
-        ("stage", pa.string()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("run_id", pa.string()),
-    ]
-)
-
-RUNS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("started_at", TS),
-        ("finished_at", TS),
-        ("status", pa.string()),
-        ("config_json", pa.string()),
-        ("config_hash", pa.string()),
-        ("code_version", pa.string()),
-        ("counts", pa.map_(pa.string(), pa.int64())),
-        ("tokens_in", pa.int64()),
-        ("tokens_out", pa.int64()),
-        ("cost_usd", pa.float64()),
-        ("env_steps", pa.int64()),
-        ("snapshot_id", pa.int64()),
-        ("cached_tokens_in", pa.int64()),
-        ("cached_tokens_out", pa.int64()),
-        ("cached_cost_usd", pa.float64()),
-    ]
-)
-
-PAIRS = pa.schema(
-    [
-        ("pair_id", pa.string()),
-        ("task_id", pa.string()),
-        ("step_index", pa.int32()),
-        ("prefix", pa.string()),
-        ("chosen", pa.string()),
-        ("rejected", pa.string()),
-        ("q_chosen", pa.float64()),
-        ("q_rejected", pa.float64()),
-        ("source", pa.string()),
-        ("run_id", pa.string()),
-        ("policy", pa.string()),
-    ]
-)
-
-NODES = pa.schema(
-    [
-        ("node_id", pa.string()),
-        ("task_id", pa.string()),
-        ("parent_id", pa.string()),
-        ("depth", pa.int32()),
-        ("action", pa.string()),
-        ("visits", pa.int64()),
-        ("value", pa.float64()),
-        ("prior", pa.float64()),
-        ("reward", pa.float64()),
-        ("terminal", pa.bool_()),
-        ("run_id", pa.string()),
-        ("critic", pa.float64()),
-    ]
-)
-
-ARTIFACTS = pa.schema(
-    [
-        ("artifact_id", pa.string()),
-        ("trajectory_id", pa.string()),
-        ("step_index", pa.int32()),
-        ("kind", pa.string()),
-        ("mime", pa.string()),
-        ("data", pa.binary()),
-    ]
-)
-
-# table name -> (schema, primary key)
-TABLES: dict[str, tuple[pa.Schema, str]] = {
-    "runs": (RUNS, "run_id"),
-    "tasks": (TASKS, "task_id"),
-    "trajectories": (TRAJECTORIES, "trajectory_id"),
-    "failures": (FAILURES, "item_id"),
-    "pairs": (PAIRS, "pair_id"),
-    "nodes": (NODES, "node_id"),
-    "artifacts": (ARTIFACTS, "artifact_id"),
+_SCALARS: dict[Any, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    bytes: pa.binary(),
+    datetime: TS,
 }
+
+
+def arrow_type(annotation: Any, metadata: Any = ()) -> pa.DataType:
+    """The Arrow type of a record field's annotation. Every column is nullable (the lake's key
+    columns are NOT NULL in its catalog, see store.lake), so `X | None` is stored as X."""
+    for meta in metadata:
+        if isinstance(meta, Stored):
+            return getattr(pa, meta.arrow_type)()
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return arrow_type(args[0], annotation.__metadata__)
+    if origin in (Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return arrow_type(inner)
+    if origin is Literal:
+        (kind,) = {type(a) for a in args}
+        return arrow_type(kind)
+    if origin is list:
+        return pa.list_(arrow_type(args[0]))
+    if origin is dict:
+        return pa.map_(arrow_type(args[0]), arrow_type(args[1]))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return pa.struct(_fields(annotation))
+    if annotation in _SCALARS:
+        return _SCALARS[annotation]
+    raise TypeError(f"no Arrow type for {annotation!r}; map it in schemas.arrow")
+
+
+def _fields(model: type[BaseModel]) -> list[pa.Field]:
+    return [pa.field(name, arrow_type(f.annotation, f.metadata)) for name, f in model.model_fields.items()]
+
+
+def schema_of(record: type[Record]) -> pa.Schema:
+    """The Arrow schema of a record: its fields, in declaration order."""
+    return pa.schema(_fields(record))
+
+
+STEP = arrow_type(Step)
+
+# table name -> (schema, primary key), in the order the lake creates them
+TABLES: dict[str, tuple[pa.Schema, str]] = {
+    r.table: (schema_of(r), r.key) for r in (RunRecord, Task, Trajectory, Failure, Pair, TreeNode, Artifact)
+}
+RUNS = TABLES["runs"][0]
+TASKS = TABLES["tasks"][0]
+TRAJECTORIES = TABLES["trajectories"][0]
+FAILURES = TABLES["failures"][0]
+PAIRS = TABLES["pairs"][0]
+NODES = TABLES["nodes"][0]
+ARTIFACTS = TABLES["artifacts"][0]
 
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

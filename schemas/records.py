@@ -1,10 +1,13 @@
-"""Pydantic records of the data contract (see DESIGN.md). Rows go to Arrow via `.row()`."""
+"""Pydantic records of the data contract (see DESIGN.md): each table's columns are declared here
+once, in order; schemas.arrow derives the Arrow schemas from them. Rows go to Arrow via `.row()`."""
 
 from __future__ import annotations
 
 import re
 import traceback
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,11 +17,23 @@ from trajforge.schemas.kinds import PairSource, SearchMethod, TaskSource
 SCHEMA_VERSION = 1
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A column's Arrow type where its Python type does not say it (read by schemas.arrow)."""
+
+    arrow_type: str  # the name of a pyarrow type factory, e.g. "int32"
+
+
+Int32 = Annotated[int, Stored("int32")]  # an index or count stored in 32 bits
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 class Record(BaseModel):
+    """A row of the lake. A table's record names its table and primary key (`table`, `key`)."""
+
     model_config = ConfigDict(extra="forbid")
 
     def row(self) -> dict:
@@ -26,6 +41,9 @@ class Record(BaseModel):
 
 
 class Task(Record):
+    table: ClassVar[str] = "tasks"
+    key: ClassVar[str] = "task_id"
+
     task_id: str
     env: str
     env_task: str
@@ -49,7 +67,7 @@ class Task(Record):
 
 
 class Step(Record):
-    index: int
+    index: Int32
     observation: str
     action: str
     thought: str | None = None
@@ -59,6 +77,9 @@ class Step(Record):
 
 
 class Trajectory(Record):
+    table: ClassVar[str] = "trajectories"
+    key: ClassVar[str] = "trajectory_id"
+
     trajectory_id: str
     task_id: str
     env: str
@@ -66,7 +87,7 @@ class Trajectory(Record):
     search: SearchMethod
     policy: str
     steps: list[Step]
-    num_steps: int
+    num_steps: Int32
     total_reward: float
     success: bool | None
     verifier_score: float | None = None
@@ -78,22 +99,25 @@ class Trajectory(Record):
     model_calls: int = 0
     cached_calls: int = 0  # answered from the request cache (e.g. on a resumed run): not paid again
     env_steps: int = 0
-    cached_tokens_in: int = 0  # tokens of those cached answers (tokens_in/out/cost_usd: paid now)
-    cached_tokens_out: int = 0
-    cached_cost_usd: float = 0.0  # what the cached answers cost when they were paid
     wall_s: float = 0.0
     final_observation: str = ""
     stop_reason: str = ""
     run_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    cached_tokens_in: int = 0  # tokens of the cached answers (tokens_in/out/cost_usd: paid now)
+    cached_tokens_out: int = 0
+    cached_cost_usd: float = 0.0  # what the cached answers cost when they were paid
 
 
 class Pair(Record):
     """A preference between two continuations of the same conversation prefix (JSON messages)."""
 
+    table: ClassVar[str] = "pairs"
+    key: ClassVar[str] = "pair_id"
+
     pair_id: str
     task_id: str
-    step_index: int
+    step_index: Int32
     prefix: str
     chosen: str
     rejected: str
@@ -105,10 +129,13 @@ class Pair(Record):
 
 
 class TreeNode(Record):
+    table: ClassVar[str] = "nodes"
+    key: ClassVar[str] = "node_id"
+
     node_id: str
     task_id: str
     parent_id: str | None
-    depth: int
+    depth: Int32
     action: str | None
     visits: int
     value: float
@@ -122,9 +149,12 @@ class TreeNode(Record):
 class Artifact(Record):
     """A screenshot or page capture of a step: stored beside trajectories, never inline."""
 
+    table: ClassVar[str] = "artifacts"
+    key: ClassVar[str] = "artifact_id"
+
     artifact_id: str
     trajectory_id: str
-    step_index: int
+    step_index: Int32
     kind: str
     mime: str
     data: bytes
@@ -161,6 +191,9 @@ def reason_code(exc: BaseException) -> str:
 class Failure(Record):
     """An item that failed (an environment crash, a timeout): recorded, never fatal to the run."""
 
+    table: ClassVar[str] = "failures"
+    key: ClassVar[str] = "item_id"
+
     item_id: str
     task_id: str
     stage: str
@@ -182,6 +215,9 @@ class Failure(Record):
 
 
 class RunRecord(Record):
+    table: ClassVar[str] = "runs"
+    key: ClassVar[str] = "run_id"
+
     run_id: str
     started_at: datetime
     finished_at: datetime | None = None
