@@ -44,12 +44,10 @@ def arrow_type(annotation: Any, metadata: Any = ()) -> pa.DataType:
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Annotated:
         return arrow_type(args[0], annotation.__metadata__)
-    if origin in (Union, types.UnionType):
-        (inner,) = [a for a in args if a is not type(None)]
-        return arrow_type(inner)
-    if origin is Literal:
-        (kind,) = {type(a) for a in args}
-        return arrow_type(kind)
+    if origin in (Union, types.UnionType) and len(inner := [a for a in args if a is not type(None)]) == 1:
+        return arrow_type(inner[0])
+    if origin is Literal and len(kinds := {type(a) for a in args}) == 1:
+        return arrow_type(kinds.pop())
     if origin is list:
         return pa.list_(arrow_type(args[0]))
     if origin is dict:

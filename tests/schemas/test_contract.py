@@ -5,6 +5,8 @@ purpose."""
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pytest
 
@@ -188,3 +190,9 @@ def test_the_public_schema_names_are_the_tables_schemas():
     }
     assert {name: schema for name, (schema, _) in arrow.TABLES.items()} == named
     assert arrow.STEP.equals(STEP) and arrow.TS.equals(TS)
+
+
+def test_a_new_column_of_a_type_without_an_arrow_mapping_is_refused():
+    with pytest.raises(TypeError, match=re.escape("no Arrow type for int | str")):
+        arrow.arrow_type(int | str)
+    assert arrow.arrow_type(dict[str, float] | None).equals(pa.map_(pa.string(), pa.float64()))
