@@ -40,3 +40,22 @@ def test_a_context_window_with_no_room_for_a_prompt_is_one_config_error():
     assert message.startswith("model.context_tokens: 150 is invalid") and "max_tokens=128" in message
     assert "\n" not in message
     assert load_config(model={"context_tokens": 1024}).model.context_tokens == 1024
+
+
+def test_the_same_config_keeps_its_run_id_across_versions(monkeypatch):
+    """Pinned before the config moved to flows/: a change here would fork every run on resume."""
+    import trajforge.config as config_module
+
+    monkeypatch.setattr(config_module, "code_version", lambda: "0.1.0+pinned")
+    default = config_module.RunConfig()
+    assert (default.config_hash, default.run_id) == ("db6deda74e026b30", "8d5175b3b920a89d")
+    server = "openai:http://127.0.0.1:9/v1"
+    full = config_module.RunConfig(
+        search="mcts",
+        policies=[f"{server}#m", "random"],
+        judge=f"{server}#j",
+        critique=True,
+        model={"revision": "r1", "api_key_env": "K"},
+        mcts={"critic_weight": 0.5},
+    )
+    assert (full.config_hash, full.run_id) == ("98ecc9644d784607", "d538ef815d39dd60")
