@@ -24,21 +24,12 @@ from trajforge.environments import registry
 from trajforge.flows.staging import RunDir, write_json_atomic
 from trajforge.pipelines import synthesis
 from trajforge.schemas import arrow, ids
+from trajforge.schemas.errors import ValidationFailed
 from trajforge.schemas.records import RunRecord
 from trajforge.store.lake import Lake
 from trajforge.validators.dedup import Deduper
 from trajforge.validators.expectations import Gate
 from trajforge.validators.judge import agreement
-
-
-class ValidationFailed(RuntimeError):
-    """The staged batch broke an expectation: nothing was committed."""
-
-    def __init__(self, summary: str, report_path: str, hint: str = "") -> None:
-        super().__init__(f"validation failed, nothing committed: {summary} (report: {report_path}){hint}")
-        self.summary = summary
-        self.report_path = report_path
-
 
 # A validation chunk (what validation holds at once, whatever the size of the batch): at most
 # this many rows, and about this many bytes of Arrow data (web observations make wide rows).

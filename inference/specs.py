@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trajforge.environments.base import ConfigError
 from trajforge.inference.client import Backend
 from trajforge.inference.reliability import ReliableClient, UsageMeter
+from trajforge.schemas.errors import ConfigError
 
 
 def reliable_client(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import traceback
 from datetime import UTC, datetime
 from typing import Literal
@@ -10,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajforge.schemas import ids
+from trajforge.schemas.errors import reason_code
 
 SCHEMA_VERSION = 1
 
@@ -143,22 +143,6 @@ class Artifact(Record):
             mime=mime,
             data=data,
         )
-
-
-_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
-
-
-def reason_code(exc: BaseException) -> str:
-    """The code a user can act on for an item's failure: the exception's own `reason` when it
-    carries one (InferenceError: `http_503`, `circuit_open`, ...; EnvironmentFailure:
-    `env_crash`, `browser_died`, ...), `timeout` for a TimeoutError, else `internal_error`
-    (the class name and message stay in `failures.detail`)."""
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, str) and _CODE.fullmatch(reason):  # not free text (urllib's URLError)
-        return reason
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "internal_error"
 
 
 class Failure(Record):

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from trajforge.environments.base import ConfigError, Environment
+from trajforge.environments.base import Environment
+from trajforge.schemas.errors import ConfigError
 
 
 @dataclass

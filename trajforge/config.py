@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trajforge import __version__
-from trajforge.environments.base import ConfigError
+from trajforge.schemas.errors import ConfigError
 from trajforge.schemas.ids import canonical_json
 
 # Settings that decide where and how fast a run executes, not what data it makes:
