@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from trajforge.config import RunConfig, code_version
 from trajforge.environments import registry
+from trajforge.flows.config import RunConfig, code_version
 from trajforge.flows.staging import RunDir, write_json_atomic
 from trajforge.pipelines import synthesis
 from trajforge.schemas import arrow, ids

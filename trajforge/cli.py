@@ -83,8 +83,8 @@ def run(
     Arguments after `--` are Beam pipeline options, e.g.
     `trajforge run -- --direct_num_workers 2 --direct_running_mode multi_processing`.
     """
-    from trajforge.config import load_config
     from trajforge.environments.base import ConfigError
+    from trajforge.flows.config import load_config
 
     try:
         cfg = load_config(

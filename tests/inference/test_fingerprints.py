@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from tests.fake_http import JSONHandler, LoopbackServer
-from trajforge.config import RunConfig, git_version
+from trajforge.flows.config import RunConfig, git_version
 from trajforge.inference.client import ChatRequest
 from trajforge.inference.specs import reliable_client
 from trajforge.inference.tiny import build_tiny_model

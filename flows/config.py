@@ -1,4 +1,5 @@
-"""The run configuration: one pydantic model, loaded from YAML plus command-line overrides."""
+"""The run configuration, in the layer that runs it: one pydantic model, loaded from YAML plus
+command-line overrides, with its cross-field rules as validators."""
 
 from __future__ import annotations
 
