@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from trajforge.environments import registry
-from trajforge.flows.config import RunConfig, code_version
+from trajforge.flows.config import RunConfig, check_runnable, code_version
 from trajforge.flows.staging import RunDir, write_json_atomic
 from trajforge.pipelines import synthesis
 from trajforge.schemas import arrow, ids
@@ -256,7 +256,9 @@ def _saved_plan(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
 def run_flow(config: RunConfig, dry_run: bool = False) -> dict[str, Any]:
     """Run (or resume) one configured run and return its summary. A dry run stops after
     validation; running the same config again later commits the staged batch. Raises RunLocked
-    while another process runs the same run in the same folder."""
+    while another process runs the same run in the same folder, ConfigError when this machine
+    lacks what the run needs (see `check_runnable`)."""
+    check_runnable(config)
     run_dir = RunDir(config.out, config.run_id)
     with run_dir.lock():
         return _run(config, run_dir, dry_run)
