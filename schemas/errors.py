@@ -14,6 +14,11 @@ class TrajforgeError(Exception):
 
     reason = "error"
 
+    def __reduce__(self) -> tuple:
+        # Keyword-only fields (reason, retryable, ...) survive pickling: Beam's workers and
+        # Prefect send errors across processes.
+        return _restore, (type(self), self.args, self.__dict__)
+
 
 class ConfigError(TrajforgeError, ValueError):
     """A user's mistake in config, flags or options: one line that names the field, the value
@@ -59,6 +64,13 @@ class ValidationFailed(TrajforgeError, RuntimeError):
         super().__init__(f"validation failed, nothing committed: {summary} (report: {report_path}){hint}")
         self.summary = summary
         self.report_path = report_path
+
+
+def _restore(cls: type[TrajforgeError], args: tuple, state: dict) -> TrajforgeError:
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, *args)
+    exc.__dict__.update(state)
+    return exc
 
 
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
