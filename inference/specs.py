@@ -69,7 +69,7 @@ def parse_spec(text: str, field: str = "policies", builtin: Collection[str] = ()
                 f"{field}: {text!r} needs a local model directory after '{kind}:', e.g. {kind}:./models/tiny"
             )
         return ModelSpec(text, kind, rest)
-    forms = "openai:http://HOST:PORT/v1[#model], hf:PATH or vllm:PATH"
+    forms = "openai:URL[#model], hf:PATH or vllm:PATH"
     if not builtin:
         raise ConfigError(f"{field}: {text!r} is not a model spec; use {forms}")
     raise ConfigError(f"{field}: unknown policy {text!r}; use {', '.join(sorted(builtin))}, {forms}")
@@ -99,14 +99,14 @@ class ClientOptions:
 
 
 def reliable_client(
-    spec: str, options: ClientOptions | None = None
+    spec: str, options: ClientOptions | None = None, field: str = "policies"
 ) -> tuple[ReliableClient, Callable[[], None] | None]:
     """The backend a SPEC names behind the reliability layer, and what gives back what it holds
-    (vllm: its share of the machine's server)."""
+    (vllm: its share of the machine's server); a malformed SPEC is a ConfigError naming `field`."""
     from trajforge.inference.reliability import ReliableClient, UsageMeter
 
     options = options or ClientOptions()
-    parsed = parse_spec(spec)
+    parsed = parse_spec(spec, field)
     on_close = None
     if parsed.kind == "openai":
         backend: Backend = _openai_backend(parsed, options.api_key_env)
@@ -126,11 +126,11 @@ def reliable_client(
 
 
 def client_from_options(
-    spec: str, options: Mapping[str, Any]
+    spec: str, options: Mapping[str, Any], field: str = "judge"
 ) -> tuple[ReliableClient, Callable[[], None] | None]:
     """`reliable_client` from the run's model options (those that are not the client's, such
-    as a policy's temperature, are left out)."""
-    return reliable_client(spec, ClientOptions.split(options)[0])
+    as a policy's temperature, are left out); the judge's and the critic's way in."""
+    return reliable_client(spec, ClientOptions.split(options)[0], field)
 
 
 def _openai_backend(spec: ModelSpec, api_key_env: str | None) -> Backend:

@@ -77,7 +77,7 @@ SERVER = "openai:http://127.0.0.1:9/v1#m"
             {"envs": ["webapp"], "search": "mcts", "mcts": {"branching": "snapshot"}},
             "mcts.branching: webapp has no snapshot/restore; use 'auto' or 'replay'",
         ),
-        ({"judge": "random"}, "judge: 'random' is not a model spec; use openai:http://HOST:PORT/v1[#model]"),
+        ({"judge": "random"}, "judge: 'random' is not a model spec; use openai:URL[#model], hf:PATH"),
         (
             {"judge": "openai:localhost:8000"},
             "judge: 'openai:localhost:8000' needs a server URL after 'openai:'",
