@@ -35,7 +35,7 @@ PART_ROWS = 10_000  # rows per staged part file (Beam writes shards of this orde
 
 
 def _config(out: Path) -> Any:
-    from trajforge.config import RunConfig
+    from trajforge.flows.config import RunConfig
 
     return RunConfig(out=out, envs=["toy"], policies=POLICIES, search="best_of_n", samples=SAMPLES)
 

@@ -13,19 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+# Part of the adapter protocol: adapters raise these two from here (see the README).
+from trajforge.schemas.errors import ConfigError, EnvironmentFailure
 
-class EnvironmentFailure(RuntimeError):
-    """An environment failed on one item (crash, timeout): that item fails, not the run.
-    `reason` is the code recorded in `failures.reason`: `env_crash` unless the adapter knows
-    better (`env_timeout`, `browser_died`, `browser_launch`, `page_error`, `game_build`, ...)."""
-
-    def __init__(self, message: str, *, reason: str = "env_crash") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class ConfigError(ValueError):
-    """A user's mistake in options: names the field, the value and the fix."""
+__all__ = ["ConfigError", "Environment", "EnvironmentFailure", "Reset", "StepOutcome", "TaskSpec"]
 
 
 @dataclass(frozen=True)

@@ -19,26 +19,17 @@ import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from trajforge.config import RunConfig, code_version
 from trajforge.environments import registry
+from trajforge.flows.config import RunConfig, check_runnable, code_version
 from trajforge.flows.staging import RunDir, write_json_atomic
 from trajforge.pipelines import synthesis
 from trajforge.schemas import arrow, ids
+from trajforge.schemas.errors import ValidationFailed
 from trajforge.schemas.records import RunRecord
 from trajforge.store.lake import Lake
 from trajforge.validators.dedup import Deduper
 from trajforge.validators.expectations import Gate
 from trajforge.validators.judge import agreement
-
-
-class ValidationFailed(RuntimeError):
-    """The staged batch broke an expectation: nothing was committed."""
-
-    def __init__(self, summary: str, report_path: str, hint: str = "") -> None:
-        super().__init__(f"validation failed, nothing committed: {summary} (report: {report_path}){hint}")
-        self.summary = summary
-        self.report_path = report_path
-
 
 # A validation chunk (what validation holds at once, whatever the size of the batch): at most
 # this many rows, and about this many bytes of Arrow data (web observations make wide rows).
@@ -265,7 +256,9 @@ def _saved_plan(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
 def run_flow(config: RunConfig, dry_run: bool = False) -> dict[str, Any]:
     """Run (or resume) one configured run and return its summary. A dry run stops after
     validation; running the same config again later commits the staged batch. Raises RunLocked
-    while another process runs the same run in the same folder."""
+    while another process runs the same run in the same folder, ConfigError when this machine
+    lacks what the run needs (see `check_runnable`)."""
+    check_runnable(config)
     run_dir = RunDir(config.out, config.run_id)
     with run_dir.lock():
         return _run(config, run_dir, dry_run)

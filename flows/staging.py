@@ -26,10 +26,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from trajforge.schemas import arrow
+from trajforge.schemas.errors import TrajforgeError
 
 
-class RunLocked(RuntimeError):
+class RunLocked(TrajforgeError, RuntimeError):
     """Another process is running the same run in the same output folder."""
+
+    reason = "run_locked"
 
     def __init__(self, run_id: str, pid: str) -> None:
         super().__init__(

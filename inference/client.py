@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from trajforge.schemas.errors import InferenceError
+
 # What a backend can do beyond plain generation; callers check before relying on it.
 CHOICE = "choice"  # constrained decoding to one of a list of strings
 JSON_SCHEMA = "json_schema"  # constrained decoding to a JSON schema
@@ -26,17 +28,6 @@ CONTINUE_FINAL = "continue_final"  # chat: go on from a final assistant message'
 VLLM_CAPABILITIES = frozenset({CHOICE, JSON_SCHEMA, PROMPT_LOGPROBS, CONTINUE_FINAL})
 MAX_RESPONSE_BYTES = 16 << 20  # a bigger answer is a broken server, not a model's reply
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"  # sent as a bearer key when set and no other is named
-
-
-class InferenceError(RuntimeError):
-    """A model call failed. `reason` is a short code such as 'timeout', 'connect', 'http_503',
-    'malformed', 'bad_request', 'circuit_open', 'context_overflow'."""
-
-    def __init__(self, message: str, *, reason: str, retryable: bool, retry_after_s: float | None = None):
-        super().__init__(message)
-        self.reason = reason
-        self.retryable = retryable
-        self.retry_after_s = retry_after_s
 
 
 # -- requests -------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from trajforge.inference.client import InferenceError
+from trajforge.schemas.errors import InferenceError
 
 Messages = list[dict[str, str]]
 MARKER = "[... {n} characters cut ...]"

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trajforge.environments.base import ConfigError
 from trajforge.inference.client import ChatRequest, CompletionRequest, InferenceError, Response, TokenLogprob
 from trajforge.inference.local import LocalBackend
+from trajforge.schemas.errors import ConfigError
 
 ENGINES = ("auto", "vllm", "transformers")
 SERVER_DIR_ENV = "TRAJFORGE_SERVER_DIR"

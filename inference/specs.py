@@ -1,5 +1,7 @@
-"""Model SPECs (`openai:URL[#model]`, `hf:PATH`, `vllm:PATH`) to dependable clients, and the
-fingerprint of the model a SPEC names (part of the run id and of every cache key)."""
+"""Model SPECs (`openai:URL[#model]`, `hf:PATH`, `vllm:PATH`; `random` and `oracle` name the
+policies that need no model): their one grammar (`parse_spec`), the options of a model client
+(`ClientOptions`), dependable clients for them, and the fingerprint of the model a SPEC names
+(part of the run id and of every cache key)."""
 
 from __future__ import annotations
 
@@ -7,103 +9,160 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trajforge.environments.base import ConfigError
-from trajforge.inference.client import Backend
-from trajforge.inference.reliability import ReliableClient, UsageMeter
+from trajforge.schemas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trajforge.inference.client import Backend
+    from trajforge.inference.reliability import ReliableClient
+
+MODEL_KINDS = ("openai", "hf", "vllm")
+_URL = re.compile(r"^https?://[^/\s]+")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed SPEC: `kind` is one of MODEL_KINDS, or the SPEC itself for a policy that needs no
+    model; `target` the server URL (openai:) or the model directory (hf:, vllm:); `model` the
+    served name after `#` (openai:)."""
+
+    text: str
+    kind: str
+    target: str = ""
+    model: str | None = None
+
+    @property
+    def needs_model(self) -> bool:
+        return self.kind in MODEL_KINDS
+
+    def check_present(self, field: str) -> None:
+        """A local model (hf:, vllm:) is a directory on this machine: nothing is downloaded."""
+        if self.kind in ("hf", "vllm") and not Path(self.target).expanduser().is_dir():
+            raise ConfigError(
+                f"{field}: {self.text!r}: no model directory at {self.target}; pass {self.kind}:PATH "
+                "of a saved model"
+            )
+
+
+def parse_spec(text: str, field: str = "policies", builtin: Collection[str] = ()) -> ModelSpec:
+    """The SPEC's form (a server is reached, a directory looked at, only when the run starts);
+    `builtin` names the policies that need no model (none: the SPEC must name a model). A
+    ConfigError names `field` (`policies`, `judge`), the value and the forms it may take."""
+    kind, _, rest = text.partition(":")
+    if text in builtin:
+        return ModelSpec(text, text)
+    if kind == "openai":
+        url, _, model = rest.partition("#")
+        if not _URL.match(url):
+            raise ConfigError(
+                f"{field}: {text!r} needs a server URL after 'openai:', e.g. "
+                "openai:http://127.0.0.1:8000/v1#my-model (start one with `trajforge serve-model PATH`)"
+            )
+        return ModelSpec(text, kind, url, model or None)
+    if kind in ("hf", "vllm"):
+        if not rest:
+            raise ConfigError(
+                f"{field}: {text!r} needs a local model directory after '{kind}:', e.g. {kind}:./models/tiny"
+            )
+        return ModelSpec(text, kind, rest)
+    forms = "openai:URL[#model], hf:PATH or vllm:PATH"
+    if not builtin:
+        raise ConfigError(f"{field}: {text!r} is not a model spec; use {forms}")
+    raise ConfigError(f"{field}: unknown policy {text!r}; use {', '.join(sorted(builtin))}, {forms}")
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How a client calls its model: the one declaration of the client's options (the run config's
+    `model` section produces them, `ModelConfig.client_options`). `api_key_env` names the
+    environment variable of an openai: server's key (default: OPENAI_API_KEY when set); the key is
+    read where requests are sent, so it never travels with the client."""
+
+    cache_dir: str | Path | None = None  # the on-disk request cache; none: no cache
+    timeout_s: float = 60.0
+    price_in_per_m: float = 0.0
+    price_out_per_m: float = 0.0
+    api_key_env: str | None = None
+    revision: str | None = None
+
+    @classmethod
+    def split(cls, options: Mapping[str, Any]) -> tuple[ClientOptions, dict[str, Any]]:
+        """The client's options out of a run's model options, and the rest (a policy's
+        temperature, max_tokens, ...)."""
+        names = {f.name for f in fields(cls)}
+        mine = {k: v for k, v in options.items() if k in names}
+        return cls(**mine), {k: v for k, v in options.items() if k not in names}
 
 
 def reliable_client(
-    spec: str,
-    cache_dir: str | Path | None = None,
-    timeout_s: float = 60.0,
-    price_in_per_m: float = 0.0,
-    price_out_per_m: float = 0.0,
-    api_key_env: str | None = None,
-    revision: str | None = None,
+    spec: str, options: ClientOptions | None = None, field: str = "policies"
 ) -> tuple[ReliableClient, Callable[[], None] | None]:
     """The backend a SPEC names behind the reliability layer, and what gives back what it holds
-    (vllm: its share of the machine's server). `api_key_env` names the environment variable of
-    an openai: server's key (default: OPENAI_API_KEY when set); the key is read where requests
-    are sent, so it never travels with the client."""
-    kind, _, rest = spec.partition(":")
+    (vllm: its share of the machine's server); a malformed SPEC is a ConfigError naming `field`."""
+    from trajforge.inference.reliability import ReliableClient, UsageMeter
+
+    options = options or ClientOptions()
+    parsed = parse_spec(spec, field)
     on_close = None
-    if kind == "openai":
-        backend: Backend = _openai_backend(spec, rest, api_key_env)
-    elif kind == "hf":
-        backend = _hf_backend(spec, rest)
-    elif kind == "vllm":
-        backend, on_close = _vllm_backend(spec, rest)
+    if parsed.kind == "openai":
+        backend: Backend = _openai_backend(parsed, options.api_key_env)
+    elif parsed.kind == "hf":
+        backend = _hf_backend(parsed)
     else:
-        raise ConfigError(f"policy: {spec!r} is not a model spec; use openai:URL#model, hf:PATH or vllm:PATH")
-    meter = UsageMeter(price_in_per_m, price_out_per_m)
+        backend, on_close = _vllm_backend(parsed)
     client = ReliableClient(
         backend,
-        cache=cache_dir,
-        timeout_s=timeout_s,
-        meter=meter,
-        probe=kind != "hf",  # a server can hang while it answers /v1/models; a local model cannot
-        fingerprint=model_fingerprint(spec, revision),
+        cache=options.cache_dir,
+        timeout_s=options.timeout_s,
+        meter=UsageMeter(options.price_in_per_m, options.price_out_per_m),
+        probe=parsed.kind != "hf",  # a server can hang while it answers /v1/models; a local model cannot
+        fingerprint=model_fingerprint(spec, options.revision),
     )
     return client, on_close
 
 
-CLIENT_OPTIONS = (
-    "cache_dir",
-    "timeout_s",
-    "price_in_per_m",
-    "price_out_per_m",
-    "api_key_env",
-    "revision",
-)
-
-
 def client_from_options(
-    spec: str, options: dict[str, Any]
+    spec: str, options: Mapping[str, Any], field: str = "judge"
 ) -> tuple[ReliableClient, Callable[[], None] | None]:
     """`reliable_client` from the run's model options (those that are not the client's, such
-    as a policy's temperature, are left out)."""
-    return reliable_client(spec, **{k: v for k, v in options.items() if k in CLIENT_OPTIONS})
+    as a policy's temperature, are left out); the judge's and the critic's way in."""
+    return reliable_client(spec, ClientOptions.split(options)[0], field)
 
 
-def _openai_backend(spec: str, rest: str, api_key_env: str | None) -> Backend:
+def _openai_backend(spec: ModelSpec, api_key_env: str | None) -> Backend:
     from trajforge.inference.client import OpenAIHTTPBackend
 
-    url, _, model = rest.partition("#")
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise ConfigError(
-            f"policy: {spec!r} needs a server URL after 'openai:', e.g. "
-            "openai:http://127.0.0.1:8000/v1#my-model (start one with `trajforge serve-model PATH`)"
-        )
-    return OpenAIHTTPBackend(url, model or None, api_key_env=api_key_env)
+    return OpenAIHTTPBackend(spec.target, spec.model, api_key_env=api_key_env)
 
 
-def _hf_backend(spec: str, rest: str) -> Backend:
+def _hf_backend(spec: ModelSpec) -> Backend:
     from trajforge.inference.local import LocalBackend
 
-    if not rest or not (Path(rest) / "config.json").is_file():
+    if not (Path(spec.target) / "config.json").is_file():
         raise ConfigError(
-            f"policy: {spec!r} needs a local model directory after 'hf:' (one with config.json, as "
+            f"policy: {spec.text!r} needs a local model directory after 'hf:' (one with config.json, as "
             "save_pretrained writes it), e.g. hf:./models/tiny; nothing is downloaded from a hub"
         )
-    return LocalBackend(rest)
+    return LocalBackend(spec.target)
 
 
-def _vllm_backend(spec: str, rest: str) -> tuple[Backend, Callable[[], None]]:
+def _vllm_backend(spec: ModelSpec) -> tuple[Backend, Callable[[], None]]:
     from trajforge.inference.client import OpenAIHTTPBackend
     from trajforge.inference.serve import shared_server
 
-    if not rest or not (Path(rest) / "config.json").is_file():
+    rest = spec.target
+    if not (Path(rest) / "config.json").is_file():
         raise ConfigError(
-            f"policy: {spec!r} needs a local model directory after 'vllm:', e.g. vllm:./models/qwen"
+            f"policy: {spec.text!r} needs a local model directory after 'vllm:', e.g. vllm:./models/qwen"
         )
     try:
         server = shared_server(rest, engine="vllm")  # one per model per machine, whoever asks
     except ConfigError as exc:
-        raise ConfigError(f"policy: {spec!r}: {exc}; or use hf:{rest} on CPU") from exc
+        raise ConfigError(f"policy: {spec.text!r}: {exc}; or use hf:{rest} on CPU") from exc
     return OpenAIHTTPBackend(server.url, server.name), server.stop
 
 

@@ -3,7 +3,6 @@ once, in order; schemas.arrow derives the Arrow schemas from them. Rows go to Ar
 
 from __future__ import annotations
 
-import re
 import traceback
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,6 +11,7 @@ from typing import Annotated, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from trajforge.schemas import ids
+from trajforge.schemas.errors import reason_code
 from trajforge.schemas.kinds import PairSource, SearchMethod, TaskSource
 
 SCHEMA_VERSION = 1
@@ -170,22 +170,6 @@ class Artifact(Record):
             mime=mime,
             data=data,
         )
-
-
-_CODE = re.compile(r"[a-z][a-z0-9_]{0,39}")
-
-
-def reason_code(exc: BaseException) -> str:
-    """The code a user can act on for an item's failure: the exception's own `reason` when it
-    carries one (InferenceError: `http_503`, `circuit_open`, ...; EnvironmentFailure:
-    `env_crash`, `browser_died`, ...), `timeout` for a TimeoutError, else `internal_error`
-    (the class name and message stay in `failures.detail`)."""
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, str) and _CODE.fullmatch(reason):  # not free text (urllib's URLError)
-        return reason
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "internal_error"
 
 
 class Failure(Record):

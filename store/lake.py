@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 
 from trajforge.schemas.arrow import RUNS, TABLES, to_table
+from trajforge.schemas.errors import LakeError
 
 CATALOG = "catalog.ducklake"
 DATA_DIR = "lake"
@@ -139,10 +140,6 @@ _READ_TABLE_FUNCTIONS = frozenset(
         "glob",
     }
 )
-
-
-class LakeError(Exception):
-    """A lake that cannot be opened, a commit that failed (and changed nothing), a bad query."""
 
 
 class ReadOnlyError(LakeError):

@@ -25,7 +25,6 @@ import difflib
 import random
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from trajforge.inference.client import (
@@ -38,7 +37,7 @@ from trajforge.inference.client import (
 )
 from trajforge.inference.context import ContextWindow
 from trajforge.inference.scoring import score_candidates, softmax
-from trajforge.inference.specs import reliable_client
+from trajforge.inference.specs import ClientOptions, reliable_client
 from trajforge.schemas.conversation import messages as conversation_messages
 from trajforge.synthesizers.policies import Context, Decision
 
@@ -210,24 +209,12 @@ def _sample(candidates: list[str], scores: list[float], temperature: float, rng:
 
 
 # -- specs ----------------------------------------------------------------------------------------
-def make_llm_policy(
-    spec: str,
-    *,
-    cache_dir: str | Path | None = None,
-    timeout_s: float = 60.0,
-    price_in_per_m: float = 0.0,
-    price_out_per_m: float = 0.0,
-    api_key_env: str | None = None,
-    revision: str | None = None,
-    **options: Any,
-) -> LLMPolicy:
+def make_llm_policy(spec: str, **options: Any) -> LLMPolicy:
     """A policy for `openai:URL[#model]`, `hf:PATH` or `vllm:PATH`. Model calls go through a
-    ReliableClient (with an on-disk cache under `cache_dir` when given, a per-request timeout
-    and a price per million tokens; `api_key_env` and `revision` as in `inference.specs`).
-    `options` go to LLMPolicy (temperature, max_tokens, max_history, context_tokens). Policies
-    of one spec in a process share its model: one loaded hf: model, one vllm: server per
-    machine, one breaker."""
-    client, on_close = reliable_client(
-        spec, cache_dir, timeout_s, price_in_per_m, price_out_per_m, api_key_env, revision
-    )
-    return LLMPolicy(client, client.backend.model, spec, on_close=on_close, **options)
+    ReliableClient configured by the options that are `ClientOptions` (an on-disk cache under
+    `cache_dir` when given, a per-request timeout, prices, `api_key_env`, `revision`); the rest
+    go to LLMPolicy (temperature, max_tokens, max_history, context_tokens). Policies of one spec
+    in a process share its model: one loaded hf: model, one vllm: server per machine, one breaker."""
+    client_options, policy_options = ClientOptions.split(options)
+    client, on_close = reliable_client(spec, client_options)
+    return LLMPolicy(client, client.backend.model, spec, on_close=on_close, **policy_options)

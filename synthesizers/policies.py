@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
-from trajforge.environments.base import ConfigError, Environment
+from trajforge.environments.base import Environment
+from trajforge.inference.specs import parse_spec
 
 
 @dataclass
@@ -77,30 +77,10 @@ class OraclePolicy:
 BUILTIN = {"random": RandomPolicy, "oracle": OraclePolicy}
 
 
-def check_spec(spec: str) -> None:
-    """The spec's form only; a model server is reached when the run starts."""
-    kind, _, rest = spec.partition(":")
-    if spec in BUILTIN or (kind == "vllm" and rest):
-        return
-    if kind == "openai" and rest.startswith(("http://", "https://")):
-        return
-    if kind == "hf" and rest:
-        if not Path(rest).expanduser().is_dir():
-            raise ConfigError(
-                f"policies: {spec!r}: no model directory at {rest}; pass hf:PATH of a saved model"
-            )
-        return
-    raise ConfigError(
-        f"policies: unknown policy {spec!r}; use random, oracle, openai:http://HOST:PORT/v1[#model], "
-        "hf:PATH or vllm:MODEL"
-    )
-
-
 def make_policy(spec: str, **model_options: Any) -> Policy:
     """A policy for a SPEC; `model_options` (cache_dir, timeout_s, prices, temperature, ...)
     configure model policies."""
-    check_spec(spec)
-    if spec in BUILTIN:
+    if not parse_spec(spec, "policies", BUILTIN).needs_model:
         return BUILTIN[spec]()
     from trajforge.synthesizers.llm_policy import make_llm_policy
 

@@ -82,8 +82,8 @@ def run(
     Arguments after `--` are Beam pipeline options, e.g.
     `trajforge run -- --direct_num_workers 2 --direct_running_mode multi_processing`.
     """
-    from trajforge.config import load_config
-    from trajforge.environments.base import ConfigError
+    from trajforge.flows.config import check_runnable, load_config
+    from trajforge.schemas.errors import ConfigError, ValidationFailed
 
     try:
         cfg = load_config(
@@ -101,11 +101,11 @@ def run(
         )
         if ctx.args:
             cfg = cfg.model_copy(update={"pipeline_options": cfg.pipeline_options + list(ctx.args)})
-        _check_runnable(cfg)
+        check_runnable(cfg)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     _quiet_prefect(verbose)
-    from trajforge.flows.run import ValidationFailed, run_flow
+    from trajforge.flows.run import run_flow
     from trajforge.flows.staging import RunDir, RunLocked
 
     signal.signal(signal.SIGINT, _interrupted)
@@ -129,44 +129,6 @@ def run(
             code=1,
         ) from None
     _print_summary(cfg, summary)
-
-
-def _check_runnable(cfg: Any) -> None:
-    from trajforge.environments import registry
-    from trajforge.environments.base import ConfigError
-    from trajforge.synthesizers.policies import check_spec
-
-    for env in cfg.envs:  # options are checked (and missing programs named) before anything is written
-        try:
-            registry.make(env.name, **env.options).close()
-        except TypeError as exc:
-            raise ConfigError(f"envs.{env.name}.options: {exc}; see the README's environment table") from None
-    for spec in cfg.policies:
-        check_spec(spec)
-    key_env = cfg.model.api_key_env
-    if key_env and not os.environ.get(key_env):
-        raise ConfigError(
-            f"model.api_key_env: the environment variable {key_env} is not set; export it with the "
-            "server's key, or remove model.api_key_env"
-        )
-    if cfg.critique and not cfg.judge:
-        raise ConfigError("critique: needs a judge model; set 'judge' (or --judge SPEC) too")
-    if cfg.mcts.critic_weight > 0 and not cfg.judge:
-        raise ConfigError(
-            "mcts.critic_weight: the critic is the judge model; set 'judge' (or --judge SPEC) too, "
-            "or set mcts.critic_weight: 0"
-        )
-    if cfg.judge:
-        try:
-            check_spec(cfg.judge)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("policies:", "judge:", 1)) from None
-    if cfg.mcts.branching == "snapshot" and cfg.search == "mcts":
-        for env in cfg.envs:
-            if not getattr(registry.environment_class(env.name), "supports_snapshot", False):
-                raise ConfigError(
-                    f"mcts.branching: {env.name} has no snapshot/restore; use 'auto' or 'replay'"
-                )
 
 
 def _print_summary(cfg: Any, summary: dict[str, Any]) -> None:

@@ -135,6 +135,9 @@ def test_sql_refuses_writes(cli, lake):
         (["--tasks", "-1"], None, "tasks"),
         (["--max-steps", "0"], None, "max_steps"),
         (["--policy", "gpt-9"], None, "policies"),
+        (["--judge", "random"], None, "judge: 'random' is not a model spec"),
+        ([], "critique: true\n", "critique: needs a judge model"),
+        ([], "search: mcts\nenvs: [webapp]\nmcts: {branching: snapshot}\n", "mcts.branching: webapp"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, lake, tmp_path, args, yaml_text, field):

@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 from tests.fake_http import JSONHandler, LoopbackServer
-from trajforge.config import RunConfig, git_version
+from trajforge.flows.config import RunConfig, git_version
 from trajforge.inference.client import ChatRequest
-from trajforge.inference.specs import reliable_client
+from trajforge.inference.specs import ClientOptions, reliable_client
 from trajforge.inference.tiny import build_tiny_model
 
 REQUEST = ChatRequest(
@@ -23,13 +23,13 @@ def test_new_weights_in_an_hf_model_dir_change_the_run_id_and_miss_the_cache(tmp
     spec, cache = f"hf:{model}", tmp_path / "cache"
     config = RunConfig(envs=["toy"], policies=[spec], out=tmp_path / "out")
     before = config.run_id
-    first, _ = reliable_client(spec, cache_dir=cache)
+    first, _ = reliable_client(spec, ClientOptions(cache_dir=cache))
     answer = first.chat(REQUEST)
     assert not answer.cached and first.chat(REQUEST).cached  # the same weights: from the cache
 
     build_tiny_model(model, seed=1)  # retrained weights, saved under the same name
     assert config.run_id != before  # not "already in the lake"
-    again, _ = reliable_client(spec, cache_dir=cache)
+    again, _ = reliable_client(spec, ClientOptions(cache_dir=cache))
     fresh = again.chat(REQUEST)
     assert not fresh.cached and again.stats()["calls"] == 1  # asked the new weights
 
@@ -58,7 +58,7 @@ def test_a_new_model_revision_changes_the_run_id_and_misses_the_cache(tmp_path):
         }
         assert len(set(ids.values())) == 3
         for revision, hits in [("2026-11-01", 0), ("2026-11-01", 1), ("2026-12-01", 0), (None, 0)]:
-            client, _ = reliable_client(spec, cache_dir=tmp_path / "cache", revision=revision)
+            client, _ = reliable_client(spec, ClientOptions(cache_dir=tmp_path / "cache", revision=revision))
             assert client.chat(REQUEST).cached == bool(hits), revision
         assert len(served) == 3 + 1  # three misses, plus the first-use probe of the server
     finally:

@@ -15,7 +15,7 @@ from tests.fake_http import JSONHandler, LoopbackServer
 from trajforge.inference import reliability
 from trajforge.inference.client import ChatRequest, OpenAIHTTPBackend
 from trajforge.inference.reliability import CircuitBreaker, ReliableClient, RequestFailed, RetryPolicy
-from trajforge.inference.specs import reliable_client
+from trajforge.inference.specs import ClientOptions, reliable_client
 
 FAST_RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.05, backoff_max_s=0.1)
 
@@ -87,7 +87,8 @@ def test_a_hung_engine_fails_every_thread_fast_with_circuit_open_after_one_probe
     lock = threading.Lock()
 
     def search_thread() -> None:
-        client, _ = reliable_client(spec, timeout_s=0.3)  # as each search thread makes its policy
+        # as each search thread makes its policy
+        client, _ = reliable_client(spec, ClientOptions(timeout_s=0.3))
         try:
             client.chat(ask())
             outcome = "ok"

@@ -8,8 +8,8 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from trajforge.cli import app
-from trajforge.config import load_config
-from trajforge.environments.base import ConfigError
+from trajforge.flows.config import load_config
+from trajforge.schemas.errors import ConfigError
 from trajforge.schemas import arrow
 from trajforge.schemas.kinds import PairSource, SearchMethod, TaskSource, values
 from trajforge.schemas.records import Pair, Step, Task, Trajectory

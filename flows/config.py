@@ -1,21 +1,27 @@
-"""The run configuration: one pydantic model, loaded from YAML plus command-line overrides."""
+"""The run configuration, in the layer that runs it: one pydantic model, loaded from YAML plus
+command-line overrides, with its cross-field rules as validators."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import subprocess
+from dataclasses import asdict, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trajforge import __version__
-from trajforge.environments.base import ConfigError
+from trajforge.schemas.errors import ConfigError
 from trajforge.schemas.ids import canonical_json
 from trajforge.schemas.kinds import SearchMethod
+
+if TYPE_CHECKING:
+    from trajforge.inference.specs import ClientOptions
 
 # Settings that decide where and how fast a run executes, not what data it makes:
 # they stay out of the fingerprint, so moving a run to another runner or folder keeps its id
@@ -118,6 +124,14 @@ class ModelConfig(BaseModel):
             )
         return value
 
+    def client_options(self, cache_dir: str | Path | None = None) -> ClientOptions:
+        """The options of this model's clients (the other fields, temperature, max_tokens, ...,
+        are a policy's)."""
+        from trajforge.inference.specs import ClientOptions
+
+        names = [f.name for f in fields(ClientOptions) if f.name != "cache_dir"]
+        return ClientOptions(cache_dir=cache_dir, **{name: getattr(self, name) for name in names})
+
 
 class RunConfig(BaseModel):
     """Everything a run needs. Unknown fields are refused."""
@@ -185,6 +199,44 @@ class RunConfig(BaseModel):
     def _one_policy(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("policies")
+    @classmethod
+    def _policy_specs(cls, value: list[str]) -> list[str]:
+        from trajforge.inference.specs import parse_spec
+        from trajforge.synthesizers.policies import BUILTIN
+
+        for spec in value:
+            parse_spec(spec, "policies", BUILTIN)
+        return value
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_spec(cls, value: str | None) -> str | None:
+        from trajforge.inference.specs import parse_spec
+
+        if value is not None:
+            parse_spec(value, "judge")  # a model: there is no judging without one
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> RunConfig:
+        if self.critique and not self.judge:
+            raise ConfigError("critique: needs a judge model; set 'judge' (or --judge SPEC) too")
+        if self.mcts.critic_weight > 0 and not self.judge:
+            raise ConfigError(
+                "mcts.critic_weight: the critic is the judge model; set 'judge' (or --judge SPEC) too, "
+                "or set mcts.critic_weight: 0"
+            )
+        if self.mcts.branching == "snapshot" and self.search == "mcts":
+            from trajforge.environments import registry
+
+            for env in self.envs:
+                if not getattr(registry.environment_class(env.name), "supports_snapshot", False):
+                    raise ConfigError(
+                        f"mcts.branching: {env.name} has no snapshot/restore; use 'auto' or 'replay'"
+                    )
+        return self
+
     def fingerprint_json(self) -> str:
         exclude: dict[str, Any] = {f: True for f in EXECUTION_FIELDS} | {"model": EXECUTION_MODEL_FIELDS}
         return canonical_json(self.model_dump(mode="json", exclude=exclude))
@@ -220,7 +272,8 @@ class RunConfig(BaseModel):
     def model_options(self) -> dict[str, Any]:
         """Options of model policies; their request cache lives in the output folder, so a
         rerun of the same run answers completed calls from it."""
-        return {**self.model.model_dump(), "cache_dir": str(self.out / "cache" / "requests")}
+        client = self.model.client_options(cache_dir=str(self.out / "cache" / "requests"))
+        return {**self.model.model_dump(), **asdict(client)}
 
     def search_settings(self) -> Any:
         from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings
@@ -320,6 +373,8 @@ def _merged(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
 
 def _explain(exc: ValidationError) -> str:
     err = exc.errors()[0]
+    if isinstance(err.get("ctx", {}).get("error"), ConfigError):  # a validator's own line
+        return str(err["ctx"]["error"])
     field = ".".join(str(p) for p in err["loc"]) or "config"
     value = err.get("input")
     if field == "model.api_key_env":  # a key pasted where its variable's name belongs is not echoed
@@ -354,3 +409,28 @@ def load_config(path: Path | None = None, **overrides: Any) -> RunConfig:
     for env in config.envs:
         registry.environment_class(env.name)
     return config
+
+
+def check_runnable(config: RunConfig) -> None:
+    """What this machine must have for the run, checked before anything is written (by the CLI and
+    by the flow): each environment built with its options (missing programs named), the local
+    model directories, the API key's variable. The config's own rules are its validators."""
+    from trajforge.environments import registry
+    from trajforge.inference.specs import parse_spec
+    from trajforge.synthesizers.policies import BUILTIN
+
+    for env in config.envs:
+        try:
+            registry.make(env.name, **env.options).close()
+        except TypeError as exc:
+            raise ConfigError(f"envs.{env.name}.options: {exc}; see the README's environment table") from None
+    for spec in config.policies:
+        parse_spec(spec, "policies", BUILTIN).check_present("policies")
+    if config.judge:
+        parse_spec(config.judge, "judge").check_present("judge")
+    key_env = config.model.api_key_env
+    if key_env and not os.environ.get(key_env):
+        raise ConfigError(
+            f"model.api_key_env: the environment variable {key_env} is not set; export it with the "
+            "server's key, or remove model.api_key_env"
+        )
