@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trajforge.environments.base import ConfigError, Reset, TaskSpec
-from trajforge.environments.browser import LocalSiteEnvironment, _positive
+from trajforge.environments.browser import LocalSiteEnvironment, positive_seconds
 
 DEFAULT_TASKS = [
     "click-button",
@@ -151,7 +151,7 @@ class MiniWoBEnvironment(LocalSiteEnvironment):
             )
         if not self.tasks:
             raise ConfigError("tasks: the list is empty; name at least one task, e.g. ['click-button']")
-        if _positive("episode_max_time", episode_max_time) > _MAX_EPISODE_TIME_S:
+        if positive_seconds("episode_max_time", episode_max_time) > _MAX_EPISODE_TIME_S:
             raise ConfigError(
                 f"episode_max_time: {episode_max_time!r} exceeds {_MAX_EPISODE_TIME_S} seconds "
                 "(JavaScript timers overflow); use e.g. 86400"

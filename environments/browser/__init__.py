@@ -22,17 +22,17 @@ the browser died; a second death raises EnvironmentFailure. A step that hangs lo
 `step_timeout_s` loses its context and is replayed the same way. Killing Chromium kills every
 episode in it; each is replayed by its own environment.
 
-Modules: dom (the element-tagging script and Element), actions (the grammar), sandbox
-(origins and the dead proxy), procs (/proc), pool (BrowserPool), environment
-(BrowserEnvironment), site (LocalSiteEnvironment).
+Modules: dom (the element-tagging script, Element), actions (the grammar and doing an action),
+sandbox (flags, origins, routing, counting), procs (Chromium's processes in /proc), pool
+(BrowserPool), environment (BrowserEnvironment), site (LocalSiteEnvironment).
 """
 
 from trajforge.environments.browser.actions import Action, parse_action, quote
 from trajforge.environments.browser.dom import Element
-from trajforge.environments.browser.environment import BrowserEnvironment, _positive  # noqa: F401
-from trajforge.environments.browser.pool import CHROMIUM_ARGS, BrowserPool
-from trajforge.environments.browser.procs import _is_chromium, _parent_pids, process_tree  # noqa: F401
-from trajforge.environments.browser.sandbox import origin_of
+from trajforge.environments.browser.environment import BrowserEnvironment, positive_seconds
+from trajforge.environments.browser.pool import BrowserPool
+from trajforge.environments.browser.procs import process_tree
+from trajforge.environments.browser.sandbox import CHROMIUM_ARGS, origin_of
 from trajforge.environments.browser.site import LocalSiteEnvironment
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "LocalSiteEnvironment",
     "origin_of",
     "parse_action",
+    "positive_seconds",
     "process_tree",
     "quote",
 ]

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trajforge.environments.browser.dom import Element
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,33 @@ def _unquote(arg: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{arg!r} is not a quoted string")
     return value
+
+
+async def perform(page: Any, action: Action, element: Element | None) -> str | None:
+    """Do `action` on the page (element: the one its ref names); what was wrong with it, or None."""
+    if action.verb == "press":
+        await page.keyboard.press(action.text)
+    elif action.verb == "scroll":
+        sign = -1 if action.text == "up" else 1
+        await page.evaluate("(sign) => window.scrollBy(0, sign * window.innerHeight * 0.8)", sign)
+    elif action.verb == "back":
+        if await page.go_back(wait_until="load") is None:
+            return "there is no previous page"
+    else:
+        assert element is not None
+        target = page.locator(f'[data-tf-ref="{element.ref}"]')
+        if await target.count() != 1:
+            return f"element {element.ref} is no longer on the page"
+        if action.verb == "click":
+            await target.click()
+        elif action.verb == "type":
+            if not element.editable:
+                return f"{element.ref} is a {element.role}, not a text field"
+            await target.fill(action.text)
+        elif element.role != "select":
+            return f"{element.ref} is a {element.role}, not a select"
+        elif action.text not in element.options:
+            return f"{element.ref} has no option {quote(action.text)}"
+        else:
+            await target.select_option(label=action.text)
+    return None

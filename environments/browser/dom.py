@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from trajforge.environments.browser.actions import quote
 
@@ -116,3 +117,10 @@ class Element:
         if self.focused:
             parts.append("(focused)")
         return " ".join(parts)
+
+
+async def read_elements(page: Any, root: str) -> tuple[str, dict[str, Element]]:
+    """The page's title and its interactive elements under `root` by ref, tagging new ones."""
+    found = await page.evaluate(_ELEMENTS_JS, root)
+    elements = {e["ref"]: Element(**{**e, "options": tuple(e["options"])}) for e in found["elements"]}
+    return found["title"], elements

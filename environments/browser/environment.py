@@ -4,30 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
 from trajforge.environments.base import ConfigError, EnvironmentFailure, Reset, StepOutcome, TaskSpec
-from trajforge.environments.browser.actions import Action, parse_action, quote
-from trajforge.environments.browser.dom import _ELEMENTS_JS, Element
+from trajforge.environments.browser.actions import parse_action, perform, quote
+from trajforge.environments.browser.dom import Element, read_elements
 from trajforge.environments.browser.pool import (
-    _CLOSE_TIMEOUT_S,
+    CLOSE_TIMEOUT_S,
+    BrowserDied,
+    BrowserHung,
     BrowserPool,
-    _Died,
-    _find_chromium,
-    _first_line,
-    _Hung,
+    find_chromium,
+    first_line,
 )
 from trajforge.environments.browser.sandbox import (
-    _DEAD_PROXY,
-    _ERROR_PAGE,
-    _REFUSED_MESSAGES,
-    _check_origin,
-    _host_port,
-    _outside,
+    ERROR_PAGE,
+    check_origin,
+    context_options,
     origin_of,
+    seal,
+    watch,
 )
 
 log = logging.getLogger(__name__)
@@ -35,15 +33,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _positive(name: str, value: Any) -> float:
+def positive_seconds(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"{name}: {value!r} must be a positive number of seconds, e.g. {name}=10")
     return float(value)
 
 
-def _death_reason(exc: _Died) -> str:
+def _death_reason(exc: BrowserDied) -> str:
     """The failure's code when the replay died too: a hang is a timeout, else the browser died."""
-    return "env_timeout" if isinstance(exc, _Hung) or isinstance(exc.__cause__, _Hung) else "browser_died"
+    return (
+        "env_timeout"
+        if isinstance(exc, BrowserHung) or isinstance(exc.__cause__, BrowserHung)
+        else "browser_died"
+    )
 
 
 class BrowserEnvironment:
@@ -70,17 +72,17 @@ class BrowserEnvironment:
         viewport: tuple[int, int] = (1280, 720),
     ) -> None:
         self._config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        self.allowed_origins = [_check_origin(o) for o in allowed_origins or []]
+        self.allowed_origins = [check_origin(o) for o in allowed_origins or []]
         self.start_urls = list(start_urls or [])
         for url in self.start_urls:
             if origin_of(url) not in self.allowed_origins:
                 raise ConfigError(f"start_urls: {url!r} is outside allowed_origins; add {origin_of(url)!r}")
         self.screenshots = bool(screenshots)
-        self.action_timeout_s = _positive("action_timeout_s", action_timeout_s)
-        self.navigation_timeout_s = _positive("navigation_timeout_s", navigation_timeout_s)
-        self.step_timeout_s = _positive("step_timeout_s", step_timeout_s)
+        self.action_timeout_s = positive_seconds("action_timeout_s", action_timeout_s)
+        self.navigation_timeout_s = positive_seconds("navigation_timeout_s", navigation_timeout_s)
+        self.step_timeout_s = positive_seconds("step_timeout_s", step_timeout_s)
         self.headless = headless
-        self.executable_path = _find_chromium(executable_path)
+        self.executable_path = find_chromium(executable_path)
         self.viewport = {"width": int(viewport[0]), "height": int(viewport[1])}
         self._pool: BrowserPool | None = None
         self._context: Any = None
@@ -134,7 +136,7 @@ class BrowserEnvironment:
         self._task, self._actions, self._recovered = task, [], False
         try:
             return self._run(self._start(task))
-        except _Died as exc:
+        except BrowserDied as exc:
             return self._retry(lambda: self._run(self._start(task)), exc)
 
     def step(self, action: str) -> StepOutcome:
@@ -142,7 +144,7 @@ class BrowserEnvironment:
             raise EnvironmentFailure(f"{self.name}: no episode is running; call reset(task) first")
         try:
             outcome = self._run(self._step(action))
-        except _Died as exc:
+        except BrowserDied as exc:
             outcome = self._retry(lambda: self._run(self._replay(action)), exc)
         self._actions.append(action)
         return outcome
@@ -212,7 +214,7 @@ class BrowserEnvironment:
     # ---- episodes ----
 
     def _run(self, coro: Any) -> Any:
-        """Run one reset or step on the pool; a step that hangs past step_timeout_s is _Died."""
+        """Run one reset or step on the pool; a step that hangs past step_timeout_s is BrowserDied."""
         if self._pool is None:
             try:
                 self._pool = BrowserPool.acquire(
@@ -223,14 +225,14 @@ class BrowserEnvironment:
                 raise
         try:
             return self._pool.run(coro, self.step_timeout_s)
-        except _Hung as exc:
+        except BrowserHung as exc:
             if self._pool.hung():  # the browser, not just this page: every episode in it is replayed
                 log.warning("%s: Chromium does not answer; killing it", self.name)
                 self._pool.kill()
             else:  # a hung context goes; the replay opens a fresh one
-                with suppress(_Died):
-                    self._pool.run(self._close_context(), _CLOSE_TIMEOUT_S)
-            raise _Died(f"the step hung for more than step_timeout_s={self.step_timeout_s:g}") from exc
+                with suppress(BrowserDied):
+                    self._pool.run(self._close_context(), CLOSE_TIMEOUT_S)
+            raise BrowserDied(f"the step hung for more than step_timeout_s={self.step_timeout_s:g}") from exc
 
     async def _start(self, task: TaskSpec) -> Reset:
         self._done, self._success, self._blocked, self._elements = False, None, 0, {}
@@ -267,7 +269,7 @@ class BrowserEnvironment:
             await self._step(previous)
         return await self._step(action)
 
-    def _retry(self, attempt: Callable[[], T], exc: _Died) -> T:
+    def _retry(self, attempt: Callable[[], T], exc: BrowserDied) -> T:
         what = self._task.env_task if self._task else "?"
         if self._recovered:
             raise EnvironmentFailure(
@@ -277,7 +279,7 @@ class BrowserEnvironment:
         log.warning("%s: browser died in %r (%s); replaying the episode in a fresh one", self.name, what, exc)
         try:
             return attempt()
-        except _Died as again:
+        except BrowserDied as again:
             raise EnvironmentFailure(
                 f"{self.name}: the browser died twice in {what!r}: {exc}; then: {again}",
                 reason=_death_reason(again),
@@ -289,50 +291,21 @@ class BrowserEnvironment:
         context, self._context, self._page = self._context, None, None
         if context is not None:
             with suppress(Exception):
-                await asyncio.wait_for(context.close(), _CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(context.close(), CLOSE_TIMEOUT_S)
 
     async def _new_page(self, browser: Any) -> None:
         await self._close_context()
         allowed = self._allowed()
         self._context = context = await browser.new_context(
-            service_workers="block",
-            accept_downloads=False,
-            viewport=self.viewport,
-            proxy={"server": _DEAD_PROXY, "bypass": ",".join(_host_port(o) for o in allowed)},
+            viewport=self.viewport, **context_options(allowed)
         )
         context.set_default_timeout(self.action_timeout_s * 1000)
         context.set_default_navigation_timeout(self.navigation_timeout_s * 1000)
-        allowed_set = set(allowed)
-
-        async def abort(route: Any) -> None:
-            self._blocked += 1
-            await route.abort("blockedbyclient")
-
-        async def refuse_socket(ws: Any) -> None:
-            self._blocked += 1
-            await ws.close()
-
-        def on_failed(request: Any) -> None:
-            # Redirects escape routing; the dead proxy stops them (and anything else that slips).
-            routed = "BLOCKED_BY_CLIENT" in (request.failure or "")
-            if not routed and origin_of(request.url) not in allowed_set:
-                self._blocked += 1
-
-        # A regex is matched in the driver: allowed requests never wait for Python.
-        await context.route(_outside(allowed), abort)
-        await context.route_web_socket(re.compile(".*"), refuse_socket)
-        context.on("requestfailed", on_failed)
+        await seal(context, allowed, self._count)
         self._page = page = await context.new_page()
         self._crashed = False
         page.on("crash", lambda _: setattr(self, "_crashed", True))
-        page.on("download", lambda _: self._count())
-        page.on("console", lambda msg: msg.text.startswith(_REFUSED_MESSAGES) and self._count())
-        context.on("page", self._close_popup)  # after our own page, which fires it too
-
-    async def _close_popup(self, page: Any) -> None:
-        self._count()
-        with suppress(Exception):
-            await page.close()
+        watch(context, page, self._count)
 
     def _count(self) -> None:
         self._blocked += 1
@@ -346,16 +319,16 @@ class BrowserEnvironment:
 
     @asynccontextmanager
     async def _guard(self, what: str) -> AsyncIterator[None]:
-        """Playwright errors become _Died (browser gone) or EnvironmentFailure (this item failed)."""
+        """Playwright errors become BrowserDied (browser gone) or EnvironmentFailure (this item failed)."""
         from playwright.async_api import Error as PlaywrightError
 
         try:
             yield
         except PlaywrightError as exc:
             if self._dead():
-                raise _Died(_first_line(exc)) from exc
+                raise BrowserDied(first_line(exc)) from exc
             raise EnvironmentFailure(
-                f"{self.name}: {what} failed: {_first_line(exc)}", reason="page_error"
+                f"{self.name}: {what} failed: {first_line(exc)}", reason="page_error"
             ) from exc
 
     # ---- observing and acting ----
@@ -375,15 +348,12 @@ class BrowserEnvironment:
 
     async def _observe(self) -> tuple[str, dict[str, Any]]:
         page = self._page
-        found = await page.evaluate(_ELEMENTS_JS, self.observe_root)
-        self._elements = {
-            e["ref"]: Element(**{**e, "options": tuple(e["options"])}) for e in found["elements"]
-        }
-        if page.url.startswith(_ERROR_PAGE):
+        title, self._elements = await read_elements(page, self.observe_root)
+        if page.url.startswith(ERROR_PAGE):
             url, tree = "(this page could not be loaded; it may be outside the sandbox)", ""
         else:
             url, tree = self._display_url(page.url), await page.locator(self.observe_root).aria_snapshot()
-        lines = [f"URL: {url}", f"Title: {found['title']}", "", tree, "", "Interactive elements:"]
+        lines = [f"URL: {url}", f"Title: {title}", "", tree, "", "Interactive elements:"]
         lines += [el.describe() for el in self._elements.values()] or ["(none)"]
         info: dict[str, Any] = self._info()
         if self.screenshots:
@@ -406,37 +376,8 @@ class BrowserEnvironment:
         if action.ref and element is None:
             return f"no element {action.ref} on this page; use a ref from the latest observation"
         try:
-            return await self._perform(action, element)
+            return await perform(self._page, action, element)
         except PlaywrightError as exc:
             if self._dead():
                 raise
-            return f"{action.verb} failed: {_first_line(exc)}"
-
-    async def _perform(self, action: Action, element: Element | None) -> str | None:
-        page = self._page
-        if action.verb == "press":
-            await page.keyboard.press(action.text)
-        elif action.verb == "scroll":
-            sign = -1 if action.text == "up" else 1
-            await page.evaluate("(sign) => window.scrollBy(0, sign * window.innerHeight * 0.8)", sign)
-        elif action.verb == "back":
-            if await page.go_back(wait_until="load") is None:
-                return "there is no previous page"
-        else:
-            assert element is not None
-            target = page.locator(f'[data-tf-ref="{element.ref}"]')
-            if await target.count() != 1:
-                return f"element {element.ref} is no longer on the page"
-            if action.verb == "click":
-                await target.click()
-            elif action.verb == "type":
-                if not element.editable:
-                    return f"{element.ref} is a {element.role}, not a text field"
-                await target.fill(action.text)
-            elif element.role != "select":
-                return f"{element.ref} is a {element.role}, not a select"
-            elif action.text not in element.options:
-                return f"{element.ref} has no option {quote(action.text)}"
-            else:
-                await target.select_option(label=action.text)
-        return None
+            return f"{action.verb} failed: {first_line(exc)}"

@@ -12,28 +12,14 @@ from contextlib import suppress
 from typing import Any
 
 from trajforge.environments.base import ConfigError, EnvironmentFailure
-from trajforge.environments.browser.procs import _alive, _kill, process_tree
-from trajforge.environments.browser.sandbox import _DEAD_PROXY_HOST
+from trajforge.environments.browser.procs import alive, kill_chromium, process_tree
+from trajforge.environments.browser.sandbox import launch_args
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    # WebRTC may only go through the proxy (which is dead): no STUN/TURN over UDP, no host
-    # candidates. Chromium 156 knows this switch; the older --force-webrtc-ip-handling-policy is gone.
-    "--webrtc-ip-handling-policy=disable_non_proxied_udp",
-]
-# DNS prefetch (a lookup alone leaks data): Chromium 156 has no --dns-prefetch-disable any more;
-# headless behind our proxy it resolves nothing a page names in <link rel=dns-prefetch> (the
-# sandbox test reads Chromium's net log to keep it so).
-_CLOSE_TIMEOUT_S = 5.0  # closing a context or browser that died may never answer
+CLOSE_TIMEOUT_S = 5.0  # closing a context or browser that died may never answer
 _PROBE_TIMEOUT_S = 5.0  # a Chromium that answers no CDP call in this time is hung
 
 
-def _find_chromium(executable_path: str | None) -> str:
+def find_chromium(executable_path: str | None) -> str:
     path = executable_path or os.environ.get("TRAJFORGE_CHROMIUM") or shutil.which("chromium")
     path = path or shutil.which("chromium-browser") or "/usr/bin/chromium"
     if not os.access(path, os.X_OK):
@@ -44,11 +30,11 @@ def _find_chromium(executable_path: str | None) -> str:
     return path
 
 
-class _Died(Exception):
+class BrowserDied(Exception):
     """Chromium or the page is gone (or a step hung): the episode may be replayed."""
 
 
-class _Hung(_Died):
+class BrowserHung(BrowserDied):
     """No answer from the browser in time."""
 
 
@@ -102,18 +88,18 @@ class BrowserPool:
         return await async_playwright().start()
 
     def run(self, coro: Any, timeout_s: float) -> Any:
-        """Run a coroutine on the pool's loop and wait at most timeout_s for it (_Died if it hangs)."""
+        """Run a coroutine on the pool's loop and wait at most timeout_s for it (BrowserDied if it hangs)."""
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
-            raise _Hung(f"no answer within {timeout_s:g}s") from exc
+            raise BrowserHung(f"no answer within {timeout_s:g}s") from exc
 
     async def browser(self) -> Any:
         """The running Chromium, launched (again) if there is none or it died."""
         async with self._launching:
-            if self._browser is None or not self._browser.is_connected() or not _alive(self.browser_pid):
+            if self._browser is None or not self._browser.is_connected() or not alive(self.browser_pid):
                 await self._launch()
             return self._browser
 
@@ -129,8 +115,8 @@ class BrowserPool:
     def hung(self) -> bool:
         """Chromium runs but answers no CDP call within _PROBE_TIMEOUT_S."""
         try:
-            return not self.run(self._answers(), _PROBE_TIMEOUT_S) and _alive(self.browser_pid)
-        except _Hung:
+            return not self.run(self._answers(), _PROBE_TIMEOUT_S) and alive(self.browser_pid)
+        except BrowserHung:
             return True
         except Exception:  # noqa: BLE001 - gone rather than hung: the next episode relaunches it
             return False
@@ -141,13 +127,13 @@ class BrowserPool:
         old, self._browser = self._browser, None
         if old is not None:  # closing a killed browser can wait forever: bounded, then killed
             with suppress(Exception):
-                await asyncio.wait_for(old.close(), _CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(old.close(), CLOSE_TIMEOUT_S)
         self._kill_tree()
         try:
             browser = await self._playwright.chromium.launch(
                 executable_path=self.executable_path,
                 headless=self.headless,
-                args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {_DEAD_PROXY_HOST} ~NOTFOUND"],
+                args=launch_args(),
                 timeout=self.launch_timeout_s * 1000,
             )
             cdp = await browser.new_browser_cdp_session()
@@ -155,7 +141,7 @@ class BrowserPool:
             await cdp.detach()
         except PlaywrightError as exc:
             raise EnvironmentFailure(
-                f"could not launch Chromium: {_first_line(exc)}", reason="browser_launch"
+                f"could not launch Chromium: {first_line(exc)}", reason="browser_launch"
             ) from exc
         self._browser, self.launches = browser, self.launches + 1
         self.browser_pid = next(p["id"] for p in processes if p["type"] == "browser")
@@ -169,13 +155,13 @@ class BrowserPool:
         dead and launches another: every episode that was in it is replayed by its environment."""
         if self.browser_pid:
             pid = self.browser_pid
-            _kill([pid])
-            deadline = time.monotonic() + _CLOSE_TIMEOUT_S
-            while _alive(pid) and time.monotonic() < deadline:
+            kill_chromium([pid])
+            deadline = time.monotonic() + CLOSE_TIMEOUT_S
+            while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
 
     def _kill_tree(self) -> None:
-        _kill(self.pids())  # whatever a dead or closed browser left behind
+        kill_chromium(self.pids())  # whatever a dead or closed browser left behind
         self.browser_pid = None
 
     def release(self) -> None:
@@ -187,13 +173,13 @@ class BrowserPool:
         pids = self.pids()
         with suppress(Exception):
             self.run(self._shutdown(), self.launch_timeout_s)
-        _kill(pids)
+        kill_chromium(pids)
         self._stop_loop()
 
     async def _shutdown(self) -> None:
         if self._browser is not None:
             with suppress(Exception):
-                await asyncio.wait_for(self._browser.close(), _CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(self._browser.close(), CLOSE_TIMEOUT_S)
         with suppress(Exception):
             await self._playwright.stop()
 
@@ -202,5 +188,5 @@ class BrowserPool:
         self._thread.join(timeout=10)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -8,7 +8,7 @@ from contextlib import suppress
 from pathlib import Path
 
 
-def _parent_pids() -> dict[int, int]:
+def parent_pids() -> dict[int, int]:
     parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -22,7 +22,7 @@ def process_tree(pid: int) -> list[int]:
     """pid and its descendants (Linux; just [pid] elsewhere)."""
     if not Path("/proc").is_dir():
         return [pid]
-    parents = _parent_pids()
+    parents = parent_pids()
     tree, frontier = [pid], [pid]
     while frontier:
         frontier = [child for child, parent in parents.items() if parent in frontier]
@@ -30,7 +30,7 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def _is_chromium(pid: int) -> bool:
+def is_chromium(pid: int) -> bool:
     """By the program's name (argv[0]), not its arguments: a path may mention chromium."""
     try:
         program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
@@ -39,7 +39,7 @@ def _is_chromium(pid: int) -> bool:
     return b"chrom" in program.rsplit(b"/", 1)[-1]
 
 
-def _alive(pid: int | None) -> bool:
+def alive(pid: int | None) -> bool:
     """The process runs (a zombie does not); True where /proc cannot tell."""
     if pid is None or not Path("/proc").is_dir():
         return pid is not None
@@ -49,8 +49,8 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
-def _kill(pids: list[int]) -> None:
+def kill_chromium(pids: list[int]) -> None:
     for pid in pids:
-        if _is_chromium(pid):  # not a recycled pid
+        if is_chromium(pid):  # not a recycled pid
             with suppress(OSError):
                 os.kill(pid, signal.SIGKILL)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from trajforge.environments.base import ConfigError, EnvironmentFailure, TaskSpec
-from trajforge.environments.browser import Action, BrowserEnvironment, parse_action, pool
+from trajforge.environments.browser import Action, BrowserEnvironment, parse_action, sandbox
 
 pytest.importorskip("playwright")
 if not os.access("/usr/bin/chromium", os.X_OK):
@@ -204,7 +204,7 @@ def test_nothing_reaches_a_second_server(servers, tmp_path, monkeypatch):
     a, b = servers
     tap = _Tap(b.server_address[1])  # WebRTC's STUN/TURN over UDP, and B's [::1] alias
     net_log = tmp_path / "net-log.json"  # every name Chromium resolves (a fresh Chromium: no pool is up)
-    monkeypatch.setattr(pool, "CHROMIUM_ARGS", [*pool.CHROMIUM_ARGS, f"--log-net-log={net_log}"])
+    monkeypatch.setattr(sandbox, "CHROMIUM_ARGS", [*sandbox.CHROMIUM_ARGS, f"--log-net-log={net_log}"])
     env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/"])
     try:
         env.reset(env.task_specs(1, seed=0)[0])
