@@ -10,11 +10,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
+from tests.fake_http import LoopbackServer
 from trajforge.environments.base import ConfigError, EnvironmentFailure, TaskSpec
 from trajforge.environments.browser import Action, BrowserEnvironment, parse_action, sandbox
 
@@ -23,29 +24,18 @@ if not os.access("/usr/bin/chromium", os.X_OK):
     pytest.skip("needs Chromium at /usr/bin/chromium", allow_module_level=True)
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(LoopbackServer):
     """A loopback server that serves `pages` and counts every connection it accepts."""
-
-    daemon_threads = True
 
     def __init__(self, pages: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
         self.pages = pages
         self.connections = 0
         self.paths: list[str] = []
-        super().__init__(("127.0.0.1", 0), _Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__(_Handler)
 
     def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         self.connections += 1
         super().process_request(request, client_address)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
