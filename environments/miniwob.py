@@ -1,4 +1,4 @@
-"""MiniWoB++ tasks (the `miniwob` package's pages) in the sandboxed browser of browser.py.
+"""MiniWoB++ tasks (the `miniwob` package's pages) in the sandboxed browser of browser/.
 
 The package's `html/` folder is served on 127.0.0.1 (a free port, a daemon thread, stopped
 by close()); the browser may reach nothing else. A task's `env_task` is its page name

@@ -11,7 +11,7 @@ from trajforge.environments.browser.environment import BrowserEnvironment
 class LocalSiteEnvironment(BrowserEnvironment):
     """A browser on a site the environment serves itself on 127.0.0.1: started at the first
     reset, stopped by close(), and the only origin its pages may reach. Subclasses give
-    `_serve()` (an object with `origin` and `close()`) and the task hooks."""
+    `_serve()` (an object with `origin` and `close()`, e.g. a LoopbackServer) and the task hooks."""
 
     def __init__(self, **browser_options: Any) -> None:
         for fixed in ("allowed_origins", "start_urls"):
