@@ -1,4 +1,4 @@
-"""MiniWoB++ tasks (the `miniwob` package's pages) in the sandboxed browser of browser.py.
+"""MiniWoB++ tasks (the `miniwob` package's pages) in the sandboxed browser of browser/.
 
 The package's `html/` folder is served on 127.0.0.1 (a free port, a daemon thread, stopped
 by close()); the browser may reach nothing else. A task's `env_task` is its page name
@@ -15,14 +15,14 @@ from __future__ import annotations
 import functools
 import random
 import re
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 from trajforge.environments.base import ConfigError, Reset, TaskSpec
-from trajforge.environments.browser import LocalSiteEnvironment, _positive
+from trajforge.environments.browser import LocalSiteEnvironment, positive_seconds
+from trajforge.environments.loopback import LoopbackServer
 
 DEFAULT_TASKS = [
     "click-button",
@@ -80,26 +80,6 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-class _Server:
-    """A static file server for html/ on 127.0.0.1."""
-
-    def __init__(self, root: Path) -> None:
-        handler = functools.partial(_QuietHandler, directory=str(root))
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="miniwob-http", daemon=True)
-        self.thread.start()
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 def _fields(task: str, utterance: Any) -> tuple[str, list[str]]:
     """The instruction and the values it names (what a form may need typed)."""
     if isinstance(utterance, dict):
@@ -151,7 +131,7 @@ class MiniWoBEnvironment(LocalSiteEnvironment):
             )
         if not self.tasks:
             raise ConfigError("tasks: the list is empty; name at least one task, e.g. ['click-button']")
-        if _positive("episode_max_time", episode_max_time) > _MAX_EPISODE_TIME_S:
+        if positive_seconds("episode_max_time", episode_max_time) > _MAX_EPISODE_TIME_S:
             raise ConfigError(
                 f"episode_max_time: {episode_max_time!r} exceeds {_MAX_EPISODE_TIME_S} seconds "
                 "(JavaScript timers overflow); use e.g. 86400"
@@ -171,8 +151,10 @@ class MiniWoBEnvironment(LocalSiteEnvironment):
             raise ConfigError(f"env_task: {task.env_task!r} is not a MiniWoB++ task, e.g. 'click-button'")
         return super().reset(task)
 
-    def _serve(self) -> _Server:
-        return _Server(html_root())
+    def _serve(self) -> LoopbackServer:
+        return LoopbackServer(
+            functools.partial(_QuietHandler, directory=str(html_root())), name="miniwob-http"
+        )
 
     # ---- the adapter ----
 

@@ -1,10 +1,11 @@
 """HTTP plumbing shared by the tests' fake model servers: a quiet handler that answers JSON
-(and survives a client that gave up), and a threaded server with a backlog for bursts."""
+(and survives a client that gave up), and the loopback server the environments use."""
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from trajforge.environments import loopback
 
 
 class JSONHandler(BaseHTTPRequestHandler):
@@ -24,19 +25,8 @@ class JSONHandler(BaseHTTPRequestHandler):
             pass  # the client gave up on a hung request
 
 
-class LoopbackServer(ThreadingHTTPServer):
-    """Serves `handler` on 127.0.0.1 from a daemon thread until stop()."""
-
-    # A backlog of 5 (the default) drops SYNs under a burst; the client then sees a
-    # ConnectTimeout that this server never hears of.
-    request_queue_size = 128
-    daemon_threads = True
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
-        self.origin = f"http://127.0.0.1:{self.server_address[1]}"
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+class LoopbackServer(loopback.LoopbackServer):
+    """The environments' loopback server (127.0.0.1, a free port, a daemon thread) until stop()."""
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+        self.close()

@@ -1,4 +1,4 @@
-"""The built-in shop as an environment: a real Chromium (browser.py) on the shop's server,
+"""The built-in shop as an environment: a real Chromium (browser/) on the shop's server,
 tasks from templates, success decided by checkers that read the server's state."""
 
 from __future__ import annotations

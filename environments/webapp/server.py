@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import html
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
+from trajforge.environments.loopback import LoopbackServer
 from trajforge.environments.webapp.shop import KINDS, Shop
 
 STYLE = "body{font-family:sans-serif;margin:1em} nav a{margin-right:1em} .error{color:#b00}"
@@ -26,15 +27,8 @@ class ShopServer:
     def __init__(self, seed: int = 0) -> None:
         self.lock = threading.Lock()
         self.shop = Shop.seeded(seed)
-        handler = type("Handler", (_Handler,), {"app": self})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="shop-server", daemon=True)
-        self.thread.start()
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.http = LoopbackServer(type("Handler", (_Handler,), {"app": self}), name="shop-server")
+        self.origin = self.http.origin
 
     def reset(self, seed: int) -> Shop:
         with self.lock:
@@ -42,9 +36,7 @@ class ShopServer:
             return self.shop
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self.http.close()
 
 
 class _Handler(BaseHTTPRequestHandler):

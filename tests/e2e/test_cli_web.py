@@ -95,11 +95,11 @@ def test_the_shop_runs_with_verified_successes_on_every_template(cli, tmp_path):
 
 def _chromium_browsers(root_pid: int) -> list[int]:
     """Browser processes (Chromium whose parent is not Chromium) under root_pid."""
-    from trajforge.environments.browser import _is_chromium, _parent_pids, process_tree
+    from trajforge.environments.browser.procs import is_chromium, parent_pids, process_tree
 
-    parents = _parent_pids()
+    parents = parent_pids()
     return [
-        pid for pid in process_tree(root_pid) if _is_chromium(pid) and not _is_chromium(parents.get(pid, 0))
+        pid for pid in process_tree(root_pid) if is_chromium(pid) and not is_chromium(parents.get(pid, 0))
     ]
 
 

@@ -10,43 +10,32 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from trajforge.environments import browser
+from tests.fake_http import LoopbackServer
 from trajforge.environments.base import ConfigError, EnvironmentFailure, TaskSpec
-from trajforge.environments.browser import Action, BrowserEnvironment, parse_action
+from trajforge.environments.browser import Action, BrowserEnvironment, parse_action, sandbox
 
 pytest.importorskip("playwright")
 if not os.access("/usr/bin/chromium", os.X_OK):
     pytest.skip("needs Chromium at /usr/bin/chromium", allow_module_level=True)
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(LoopbackServer):
     """A loopback server that serves `pages` and counts every connection it accepts."""
-
-    daemon_threads = True
 
     def __init__(self, pages: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
         self.pages = pages
         self.connections = 0
         self.paths: list[str] = []
-        super().__init__(("127.0.0.1", 0), _Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__(_Handler)
 
     def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         self.connections += 1
         super().process_request(request, client_address)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -205,7 +194,7 @@ def test_nothing_reaches_a_second_server(servers, tmp_path, monkeypatch):
     a, b = servers
     tap = _Tap(b.server_address[1])  # WebRTC's STUN/TURN over UDP, and B's [::1] alias
     net_log = tmp_path / "net-log.json"  # every name Chromium resolves (a fresh Chromium: no pool is up)
-    monkeypatch.setattr(browser, "CHROMIUM_ARGS", [*browser.CHROMIUM_ARGS, f"--log-net-log={net_log}"])
+    monkeypatch.setattr(sandbox, "CHROMIUM_ARGS", [*sandbox.CHROMIUM_ARGS, f"--log-net-log={net_log}"])
     env = BrowserEnvironment(allowed_origins=[a.origin], start_urls=[f"{a.origin}/"])
     try:
         env.reset(env.task_specs(1, seed=0)[0])
