@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from trajforge.cli import app
 from trajforge.flows.config import load_config
-from trajforge.schemas.errors import ConfigError
 from trajforge.schemas import arrow
+from trajforge.schemas.errors import ConfigError
 from trajforge.schemas.kinds import PairSource, SearchMethod, TaskSource, values
 from trajforge.schemas.records import Pair, Step, Task, Trajectory
 from trajforge.validators.expectations import validate_batch
