@@ -34,20 +34,9 @@ def _pair(
     run_id,
     origin: dict[str, Any] | None = None,
 ) -> Pair:
-    """`origin` (the policy and search settings of the tree a sibling pair comes from) joins the
-    id: two trees may offer the same preference with other Q values, each its own record."""
-    pid = ids.content_id(
-        "pair",
-        task_id=task_id,
-        step=step_index,
-        prefix=prefix,
-        chosen=chosen,
-        rejected=rejected,
-        source=source,
-        **({"origin": origin} if origin else {}),
-    )
+    """`origin`: the policy and search settings of the tree a sibling pair comes from."""
     return Pair(
-        pair_id=pid,
+        pair_id=ids.pair_id(task_id, step_index, prefix, chosen, rejected, source, origin),
         task_id=task_id,
         step_index=step_index,
         prefix=prefix,
