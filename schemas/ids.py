@@ -74,3 +74,8 @@ def artifact_id(trajectory_id: str, step_index: int, kind: str) -> str:
 def search_seed(task_id: str, policy: str, search: dict[str, Any]) -> int:
     """The seed of a (task, policy) search: the same wherever and whenever it runs."""
     return int(content_id("search", task=task_id, policy=policy, key=search)[:8], 16)
+
+
+def count_id(stage: str, task_id: str, unit: dict[str, Any], reason: str) -> str:
+    """What one unit of work of a stage dropped for one reason (staged, never committed)."""
+    return content_id("count", stage=stage, task=task_id, unit=unit, reason=reason)
