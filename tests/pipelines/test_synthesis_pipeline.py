@@ -54,6 +54,10 @@ def test_every_task_and_sample_is_staged(baseline):
     assert {t["verifier_verdict"] for t in trajectories} <= {"pass", "fail"}
 
 
+def test_the_staged_tasks_carry_the_ids_minted_when_they_were_planned(baseline):
+    assert _ids(baseline, "tasks", "task_id") == sorted(s["task_id"] for s in SPECS + [CRASH])
+
+
 def test_a_crashing_environment_fails_only_its_items(baseline):
     failures = baseline.read_staged("failures").to_pylist()
     assert len(failures) == 2  # one search per policy of the crashing task
