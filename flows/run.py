@@ -44,6 +44,7 @@ class ValidationFailed(RuntimeError):
 # A validation chunk (what validation holds at once, whatever the size of the batch): at most
 # this many rows, and about this many bytes of Arrow data (web observations make wide rows).
 CHUNK_ROWS, CHUNK_BYTES = 4096, 16 * 2**20
+SEARCH_STAGES = pa.array(["describe", "search"])  # the stages a retry of failed items runs again
 Item = tuple[str, str]  # (task_id, policy)
 
 
@@ -94,7 +95,10 @@ def stage_batch(config: RunConfig, specs: list[dict[str, Any]], run_dir: RunDir,
             only.setdefault(tid, []).append(policy)
         retried = pa.array(sorted(only), pa.string())
         # Their failures are superseded, their success/failure pairs re-mined over all their trajectories.
-        run_dir.drop_staged_rows("failures", lambda t: pc.is_in(t["task_id"], retried))
+        run_dir.drop_staged_rows(  # not failed judgements: their trajectories stay
+            "failures",
+            lambda t: pc.and_(pc.is_in(t["task_id"], retried), pc.is_in(t["stage"], SEARCH_STAGES)),
+        )
         run_dir.drop_staged_rows(
             "pairs",
             lambda t: pc.and_(pc.equal(t["source"], "trajectory"), pc.is_in(t["task_id"], retried)),
@@ -148,12 +152,12 @@ def _count(config: RunConfig, table: str, rows: list[dict[str, Any]], counts: Co
         counts.update(f"pairs:{r['source']}" for r in rows)
     elif table == "failures":
         counts.update(f"failed:{r['stage']}:{r['reason']}" for r in rows)
+        counts["judge:failed"] += sum(1 for r in rows if r["stage"] == "judge")
     elif table == "trajectories":
         counts["trajectories"] += len(rows)
         counts["successes"] += sum(1 for t in rows if t["success"])
         if config.judge:
             counts.update(agreement(rows))
-            counts["judge:failed"] += sum(1 for t in rows if (t["critique"] or "").startswith("judge failed"))
         for t in rows:
             counts[f"stop:{t['stop_reason']}"] += 1
             counts["model:calls"] += t["model_calls"] or 0

@@ -313,11 +313,13 @@ def build(p: beam.Pipeline, tasks: list[dict[str, Any]], spec: PipelineSpec, sta
             FAILURES, NODES, PAIRS, ARTIFACTS, COUNTS, main="trajectories"
         )
     )
-    trajectories = searched.trajectories
+    trajectories, failures = searched.trajectories, [described.failures, searched.failures]
     if spec.judge:
-        trajectories = trajectories | "Judge" >> Judge(
+        judged = trajectories | "Judge" >> Judge(
             spec.judge, spec.model_options, spec.critique, spec.requests_in_flight
         )
+        trajectories = judged["trajectories"]
+        failures.append(judged["failures"])
     mined = trajectories
     if spec.prior_trajectories:
         retried = set(spec.only or {})
@@ -341,8 +343,7 @@ def build(p: beam.Pipeline, tasks: list[dict[str, Any]], spec: PipelineSpec, sta
     _write(searched[NODES], staging, "nodes", part)
     _write(searched[ARTIFACTS], staging, "artifacts", part)
     _write((searched[PAIRS], trajectory_level.pairs) | "All pairs" >> beam.Flatten(), staging, "pairs", part)
-    failures = (described.failures, searched.failures) | "All failures" >> beam.Flatten()
-    _write(failures, staging, "failures", part)
+    _write(tuple(failures) | "All failures" >> beam.Flatten(), staging, "failures", part)
     counts = (searched[COUNTS], trajectory_level[COUNTS]) | "All counts" >> beam.Flatten()
     _write(counts, staging, COUNTS, part)
 
