@@ -27,6 +27,7 @@ from trajforge.environments.toy import ToyEnvironment
 from trajforge.inference.client import Choice, Response, TokenLogprob, Usage
 from trajforge.inference.serve import response_body
 from trajforge.pipelines.judging import Judge
+from trajforge.pipelines.spec import PipelineSpec
 from trajforge.pipelines.synthesis import Search
 from trajforge.schemas import ids
 from trajforge.schemas.records import Step, Trajectory
@@ -142,7 +143,11 @@ def mcts_searches(url: str, searches: int, simulations: int, concurrency: int) -
     `concurrency` searches in flight: each search's requests wait on each other, so the server
     is kept busy by running more searches than it serves requests at once."""
     settings = SearchSettings(
-        "mcts", 8, 1, Budget(env_steps=10**6, simulations=simulations), MCTSSettings(rollout_depth=1)
+        method="mcts",
+        max_steps=8,
+        samples=1,
+        budget=Budget(env_steps=10**6, simulations=simulations),
+        mcts=MCTSSettings(rollout_depth=1),
     )
     tasks = [
         {
@@ -154,13 +159,11 @@ def mcts_searches(url: str, searches: int, simulations: int, concurrency: int) -
         }
         for s in ToyEnvironment().task_specs(searches, 0)
     ]
-    options = {"concurrency": concurrency, "pair_gap": 0.1, "keep_terminal_paths": False, "model": {}}
+    spec = PipelineSpec(
+        run_id="bench", policies=[f"openai:{url}#fake"], settings=settings, concurrency=concurrency
+    )
     with beam.Pipeline(argv=["--runner=FnApiRunner"]) as p:
-        _ = (
-            p
-            | beam.Create([(t, f"openai:{url}#fake") for t in tasks])
-            | beam.ParDo(Search({}, "bench", settings, options))
-        )
+        _ = p | beam.Create([(t, f"openai:{url}#fake") for t in tasks]) | beam.ParDo(Search(spec))
 
 
 def warm_up_beam() -> None:

@@ -17,7 +17,7 @@ from trajforge.environments import registry
 from trajforge.environments.base import TaskSpec
 from trajforge.flows.staging import RunDir
 from trajforge.pipelines import synthesis
-from trajforge.schemas import ids
+from trajforge.pipelines.spec import PipelineSpec, planned_task
 from trajforge.synthesizers.policies import make_policy
 from trajforge.synthesizers.search import Budget, SearchSettings, search, search_seed
 
@@ -32,7 +32,7 @@ def bare_loop(env_name: str, specs: list[dict], policies: list[str], samples: in
     settings = settings_for(samples)
     steps = trajectories = 0
     for spec in specs:
-        task_id = ids.task_id(env_name, spec["env_task"], spec["seed"])
+        task_id = spec["task_id"]
         for policy in policies:
             seed = search_seed(task_id, policy, settings)
             result = search(
@@ -50,15 +50,8 @@ def beam_pipeline(
     tmp = Path(tempfile.mkdtemp(prefix="trajforge-bench-"))
     try:
         run_dir = RunDir(tmp, "bench")
-        synthesis.run(
-            options,
-            specs=specs,
-            staging=run_dir.staging,
-            run_id="bench",
-            env_options={},
-            policies=policies,
-            settings=settings_for(samples),
-        )
+        spec = PipelineSpec(run_id="bench", policies=policies, settings=settings_for(samples))
+        synthesis.run(options, specs, spec, run_dir.staging)
         table = run_dir.read_staged("trajectories")
         return sum(table["env_steps"].to_pylist()), table.num_rows
     finally:
@@ -77,7 +70,7 @@ def main() -> None:
     found = env.task_specs(args.tasks, 0)
     if hasattr(env, "prepare"):
         env.prepare(found, workers=2)  # build assets (games) outside the timed part
-    specs = [{"env": args.env, "env_task": s.env_task, "seed": s.seed} for s in found]
+    specs = [planned_task(args.env, s.env_task, s.seed) for s in found]
 
     rows = []
     for name, fn in [

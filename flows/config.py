@@ -276,6 +276,8 @@ class RunConfig(BaseModel):
         return {**self.model.model_dump(), **asdict(client)}
 
     def search_settings(self) -> Any:
+        """The search's settings, field by field by name: a field of budget or mcts that the
+        search does not know fails here (pair mining's own fields stay with the pipeline)."""
         from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings
 
         m = self.mcts
@@ -284,16 +286,10 @@ class RunConfig(BaseModel):
             max_steps=self.max_steps,
             samples=self.sample_count,
             max_observation_chars=self.max_observation_chars,
-            budget=Budget(
-                self.budget.env_steps, self.budget.simulations, self.budget.wall_s, self.budget.tokens
-            ),
+            budget=Budget(**self.budget.model_dump()),
             mcts=MCTSSettings(
-                m.expand_k,
-                m.c_puct,
-                m.rollout_depth,
-                m.branching,
-                m.critic_weight,
-                self.judge if m.critic_weight > 0 else None,
+                **m.model_dump(exclude={"pair_gap", "keep_terminal_paths"}),
+                critic=self.judge if m.critic_weight > 0 else None,
             ),
         )
 

@@ -23,7 +23,8 @@ from trajforge.environments import registry
 from trajforge.flows.config import RunConfig, check_runnable, code_version
 from trajforge.flows.staging import RunDir, write_json_atomic
 from trajforge.pipelines import synthesis
-from trajforge.schemas import arrow, ids
+from trajforge.pipelines.spec import PipelineSpec, planned_task
+from trajforge.schemas import arrow
 from trajforge.schemas.errors import ValidationFailed
 from trajforge.schemas.records import RunRecord
 from trajforge.store.lake import Lake
@@ -34,6 +35,7 @@ from trajforge.validators.judge import agreement
 # A validation chunk (what validation holds at once, whatever the size of the batch): at most
 # this many rows, and about this many bytes of Arrow data (web observations make wide rows).
 CHUNK_ROWS, CHUNK_BYTES = 4096, 16 * 2**20
+SEARCH_STAGES = pa.array(["describe", "search"])  # the stages a retry of failed items runs again
 Item = tuple[str, str]  # (task_id, policy)
 
 
@@ -51,14 +53,13 @@ def plan_tasks(config: RunConfig) -> list[dict[str, Any]]:
                 prepare(found, workers=config.workers)
         finally:
             env.close()
-        specs += [{"env": env_spec.name, "env_task": s.env_task, "seed": s.seed} for s in found]
+        specs += [planned_task(env_spec.name, s.env_task, s.seed) for s in found]
     return specs
 
 
 def _items(config: RunConfig, specs: list[dict[str, Any]]) -> list[Item]:
     """Every (task, policy) item of the run."""
-    tids = [ids.task_id(s["env"], s["env_task"], s["seed"]) for s in specs]
-    return [(tid, policy) for tid in tids for policy in config.policies]
+    return [(s["task_id"], policy) for s in specs for policy in config.policies]
 
 
 def _finished(run_dir: RunDir) -> set[Item]:
@@ -85,26 +86,38 @@ def stage_batch(config: RunConfig, specs: list[dict[str, Any]], run_dir: RunDir,
             only.setdefault(tid, []).append(policy)
         retried = pa.array(sorted(only), pa.string())
         # Their failures are superseded, their success/failure pairs re-mined over all their trajectories.
-        run_dir.drop_staged_rows("failures", lambda t: pc.is_in(t["task_id"], retried))
+        run_dir.drop_staged_rows(  # not failed judgements: their trajectories stay
+            "failures",
+            lambda t: pc.and_(pc.is_in(t["task_id"], retried), pc.is_in(t["stage"], SEARCH_STAGES)),
+        )
         run_dir.drop_staged_rows(
             "pairs",
             lambda t: pc.and_(pc.equal(t["source"], "trajectory"), pc.is_in(t["task_id"], retried)),
         )
+        run_dir.drop_staged_rows(
+            synthesis.COUNTS,
+            lambda t: pc.and_(pc.equal(t["stage"], "pairs:trajectory"), pc.is_in(t["task_id"], retried)),
+        )
         prior = [str(f) for f in run_dir.parts("trajectories")]
-        specs = [s for s in specs if ids.task_id(s["env"], s["env_task"], s["seed"]) in only]
+        specs = [s for s in specs if s["task_id"] in only]
         retry = {"only": only, "prior_trajectories": prior}
         if not only:  # nothing left to retry
             run_dir.set_status("staged", attempts=attempt)
             return
     run_dir.set_status("running", attempt=attempt)
     synthesis.run(
-        config.pipeline_options,
-        specs=specs,
-        staging=run_dir.staging,
-        run_id=run_dir.run_id,
-        env_options={e.name: e.options for e in config.envs},
+        config.pipeline_options, specs, pipeline_spec(config, run_dir.run_id, part, **retry), run_dir.staging
+    )
+    run_dir.set_status("staged", attempts=attempt + 1)
+
+
+def pipeline_spec(config: RunConfig, run_id: str, part: str = "part", **retry: Any) -> PipelineSpec:
+    """What the pipeline makes of this run; `retry`: `only` and `prior_trajectories`."""
+    return PipelineSpec(
+        run_id=run_id,
         policies=config.policies,
         settings=config.search_settings(),
+        env_options={e.name: e.options for e in config.envs},
         concurrency=config.concurrency,
         pair_gap=config.mcts.pair_gap,
         keep_terminal_paths=config.mcts.keep_terminal_paths,
@@ -117,7 +130,6 @@ def stage_batch(config: RunConfig, specs: list[dict[str, Any]], run_dir: RunDir,
         part=part,
         **retry,
     )
-    run_dir.set_status("staged", attempts=attempt + 1)
 
 
 CACHED_USAGE = ("cached_tokens_in", "cached_tokens_out", "cached_cost_usd")
@@ -131,18 +143,29 @@ def _count(config: RunConfig, table: str, rows: list[dict[str, Any]], counts: Co
         counts.update(f"pairs:{r['source']}" for r in rows)
     elif table == "failures":
         counts.update(f"failed:{r['stage']}:{r['reason']}" for r in rows)
+        counts["judge:failed"] += sum(1 for r in rows if r["stage"] == "judge")
     elif table == "trajectories":
         counts["trajectories"] += len(rows)
         counts["successes"] += sum(1 for t in rows if t["success"])
         if config.judge:
             counts.update(agreement(rows))
-            counts["judge:failed"] += sum(1 for t in rows if (t["critique"] or "").startswith("judge failed"))
         for t in rows:
             counts[f"stop:{t['stop_reason']}"] += 1
             counts["model:calls"] += t["model_calls"] or 0
             counts["model:cached_calls"] += t["cached_calls"] or 0
             for col in ("tokens_in", "tokens_out", "env_steps", "cost_usd", *CACHED_USAGE):
                 counts[f"total:{col}"] += t[col] or 0
+
+
+def _count_drops(run_dir: RunDir, counts: Counter) -> None:
+    """What the stages dropped, by reason (`dropped:pairs:below_gap`, ...), each unit of work
+    counted once however often a bundle was replayed."""
+    deduper = Deduper("count_id")
+    for batch in run_dir.iter_staged(synthesis.COUNTS, 65_536):
+        rows = batch.to_pylist()
+        for row, keep in zip(rows, deduper.keep(rows), strict=True):
+            if keep:
+                counts[row["key"]] += row["n"]
 
 
 def _refusal(report_path: str, counts: Counter, items: int, finished: int, share: float) -> ValidationFailed:
@@ -187,6 +210,7 @@ def validate(config: RunConfig, run_dir: RunDir, specs: list[dict[str, Any]]) ->
             gate.check(name, schema.empty_table())
         gate.duplicates(name, key, deduper.cross_chunk)
         counts[f"dropped:duplicate_emission:{name}"] += deduper.dropped
+    _count_drops(run_dir, counts)
     items = _items(config, specs)
     gate.completeness([item in finished for item in items], config.max_failed_share)
     report = gate.report()
@@ -247,9 +271,12 @@ def _plan(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
 
 def _saved_plan(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
     try:
-        return json.loads(run_dir.plan_path.read_text())
+        saved = json.loads(run_dir.plan_path.read_text())
     except (OSError, ValueError):
         return _plan(config, run_dir)
+    return [
+        planned_task(s["env"], s["env_task"], s["seed"]) for s in saved
+    ]  # plans of older versions had no ids
 
 
 @flow(name="trajforge-run", log_prints=True)

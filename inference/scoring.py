@@ -10,11 +10,13 @@ from typing import Any
 
 from trajforge.inference.client import Backend, ChatRequest, InferenceError, Response, Usage
 from trajforge.inference.context import ContextWindow, framing
+from trajforge.schemas.errors import reason_code
 
 # One question: (conversation, assistant prefix, candidate continuations).
 Question = tuple[list[dict[str, str]], str, list[str]]
 # A question's result as plain data (it crosses Beam's shuffles): {"scores", "tokens_in",
-# "tokens_out"}, or {"error": "Type: message"} when a request failed.
+# "tokens_out"}, or {"error": "Type: message", "reason": its code (http_503, timeout, ...)} when a
+# request failed.
 Scored = dict[str, Any]
 
 
@@ -93,8 +95,10 @@ def score_many(
             results.append(question)
             continue
         responses = [next(answers) for _ in rs]
-        error = next((r for r in responses if isinstance(r, Exception)), None)
-        results.append(error if error is not None else _scores(responses))  # type: ignore[arg-type]
+        errors = [r for r in responses if isinstance(r, Exception)]
+        # The root cause first: an open breaker only says that an earlier request failed.
+        errors.sort(key=lambda e: getattr(e, "reason", None) == "circuit_open")
+        results.append(errors[0] if errors else _scores(responses))  # type: ignore[arg-type]
     return results
 
 
@@ -109,7 +113,7 @@ def _scores(responses: list[Response]) -> tuple[list[float], Usage] | Exception:
 def as_scored(result: tuple[list[float], Usage] | Exception) -> Scored:
     """A `score_many` result as plain data."""
     if isinstance(result, Exception):
-        return {"error": f"{type(result).__name__}: {result}"[:400]}
+        return {"error": f"{type(result).__name__}: {result}"[:400], "reason": reason_code(result)}
     scores, usage = result
     return {"scores": scores, "tokens_in": usage.prompt_tokens, "tokens_out": usage.completion_tokens}
 

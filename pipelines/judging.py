@@ -9,8 +9,9 @@ differs (`ScoreQuestions`):
 - `openai:URL#model` (a vLLM server elsewhere, `trajforge serve-model` on CPU) and `hf:PATH`:
   our `ScoringHandler`, through the reliability layer (timeouts, retries, request cache), a
   batch's requests in flight together.
-A question whose requests fail gets its error, which the trajectory keeps in `critique`; it
-never fails the run.
+A question whose requests fail gets its error: the trajectory goes on unjudged (with the
+environment's verdict) and the failed judgement is a failure row (stage `judge` or `critique`,
+its reason code); it never fails the run.
 """
 
 from __future__ import annotations
@@ -147,53 +148,70 @@ def _candidate_chats(item: tuple[Any, Question]) -> list[tuple[tuple[Any, int], 
     return out
 
 
-def _response(result: Any) -> Response | str:
+def _response(result: Any) -> Response | Scored:
     """A ChatCompletion of the openai client as our Response (vLLM's prompt_logprobs ride
-    along as an extra field); the parse error's text if it is not one."""
+    along as an extra field); the parse error (as a Scored error) if it is not one."""
     from trajforge.inference.client import InferenceError, parse_response
 
     try:
         return parse_response(result.inference.model_dump(), chat=True)
     except InferenceError as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return as_scored(exc)
 
 
-def _failed_batch(failed: tuple[list, Exception]) -> list[tuple[Any, tuple[int, str]]]:
+def _failed_batch(failed: tuple[list, Exception]) -> list[tuple[Any, tuple[int, Scored]]]:
     batch, exc = failed
-    return [(key[0], (key[1], f"{type(exc).__name__}: {exc}")) for key, _ in batch]
+    return [(key[0], (key[1], as_scored(exc))) for key, _ in batch]
 
 
 def _question_scores(key: Any, answers: Any) -> tuple[Any, Scored]:
     by_index = dict(answers)  # a retried bundle may repeat an answer: the same one
     responses = [by_index[i] for i in sorted(by_index)]
-    error = next((r for r in responses if isinstance(r, str)), None)
+    error = next((r for r in responses if isinstance(r, dict)), None)
     if error is not None:
-        return key, {"error": error[:400]}
+        return key, error
     return key, scored_from_responses(responses)
 
 
 class Judge(beam.PTransform):
-    """Trajectories -> the same trajectories with the judge's verdicts (and, with `critique`,
-    the first wrong step of each failure)."""
+    """Trajectories -> {"trajectories": the same trajectories with the judge's verdicts (and,
+    with `critique`, the first wrong step of each failure), "failures": a Failure row per
+    judgement that failed (stage `judge` or `critique`)}."""
 
     def __init__(self, spec: str, options: dict[str, Any], critique: bool = False, concurrency: int = 64):
         super().__init__()
         self.spec, self.options, self.critique, self.concurrency = spec, options, critique, concurrency
 
-    def _scored(self, label: str, trajectories: beam.PCollection, ask: Any, apply: Any) -> beam.PCollection:
+    def _scored(self, stage: str, trajectories: beam.PCollection, ask: Any, apply: Any) -> Any:
         return (
             trajectories
-            | f"{label}: questions" >> beam.Map(lambda t: (ask(t), t))
-            | f"{label}: score" >> ScoreQuestions(self.spec, self.options, self.concurrency)
-            | f"{label}: apply" >> beam.MapTuple(lambda scored, t: apply(t, scored))
+            | f"{stage}: questions" >> beam.Map(lambda t: (ask(t), t))
+            | f"{stage}: score" >> ScoreQuestions(self.spec, self.options, self.concurrency)
+            | f"{stage}: apply"
+            >> beam.FlatMap(_applied, apply, stage).with_outputs(FAILURES, main="trajectories")
         )
 
-    def expand(self, trajectories: beam.PCollection) -> beam.PCollection:
-        judged = self._scored("Verdict", trajectories, judge.judge_question, judge.with_verdict)
+    def expand(self, trajectories: beam.PCollection) -> dict[str, beam.PCollection]:
+        judged = self._scored("judge", trajectories, judge.judge_question, judge.with_verdict)
         if not self.critique:
-            return judged
-        failed, rest = judged | "Needs critique" >> beam.Partition(
+            return {"trajectories": judged.trajectories, "failures": judged[FAILURES]}
+        failed, rest = judged.trajectories | "Needs critique" >> beam.Partition(
             lambda t, _: 0 if judge.needs_critique(t) else 1, 2
         )
-        critiqued = self._scored("Critique", failed, judge.critique_question, judge.with_critique)
-        return (critiqued, rest) | "Judged" >> beam.Flatten()
+        critiqued = self._scored("critique", failed, judge.critique_question, judge.with_critique)
+        return {
+            "trajectories": (critiqued.trajectories, rest) | "Judged" >> beam.Flatten(),
+            "failures": (judged[FAILURES], critiqued[FAILURES]) | "Failed judgements" >> beam.Flatten(),
+        }
+
+
+FAILURES = "failures"
+
+
+def _applied(item: tuple[Scored, dict[str, Any]], apply: Any, stage: str) -> Any:
+    """The trajectory as the scores make it, and the failure row of a judgement that failed."""
+    scored, trajectory = item
+    yield apply(trajectory, scored)
+    failure = judge.failed_judgement(trajectory, scored, stage)
+    if failure is not None:
+        yield beam.pvalue.TaggedOutput(FAILURES, failure.row())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 logging.getLogger().addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
 
 import apache_beam as beam  # noqa: E402
+import pyarrow as pa  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.transforms.window import GlobalWindow  # noqa: E402
 from apache_beam.utils.timestamp import MIN_TIMESTAMP  # noqa: E402
@@ -38,34 +40,36 @@ from apache_beam.utils.windowed_value import WindowedValue  # noqa: E402
 
 from trajforge.environments import registry  # noqa: E402
 from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
-from trajforge.inference.specs import model_fingerprint  # noqa: E402
 from trajforge.pipelines.deadlines import DeadlineExceeded, DeadlinePool  # noqa: E402
 from trajforge.pipelines.judging import Judge  # noqa: E402
+from trajforge.pipelines.spec import DEADLINE_FACTOR, PipelineSpec  # noqa: E402
 from trajforge.schemas import arrow, ids  # noqa: E402
-from trajforge.schemas.records import Artifact, Failure, Task, Trajectory, TreeNode  # noqa: E402
-from trajforge.synthesizers.pairs import sibling_pairs, trajectory_pairs  # noqa: E402
+from trajforge.schemas.records import Failure, Task  # noqa: E402
+from trajforge.synthesizers import records  # noqa: E402
+from trajforge.synthesizers.pairs import trajectory_pairs  # noqa: E402
 from trajforge.synthesizers.policies import make_policy  # noqa: E402
-from trajforge.synthesizers.search import Path_, SearchResult, SearchSettings, search, search_key, search_seed  # noqa: E402
+from trajforge.synthesizers.search import search, search_key, search_seed  # noqa: E402
 from trajforge.validators.verifier import environment_verdict  # noqa: E402
 
-FAILURES, NODES, PAIRS, ARTIFACTS = "failures", "nodes", "pairs", "artifacts"
+FAILURES, NODES, PAIRS, ARTIFACTS, COUNTS = "failures", "nodes", "pairs", "artifacts", records.COUNTS
 STAGED_TABLES = ("tasks", "trajectories", "failures", "pairs", "nodes", "artifacts")
-# A search's deadline: its wall budget, 10% more, and a margin for the step it was in when the
-# budget ran out (the search checks the clock between steps), `deadline_margin_s` of the run.
-DEADLINE_FACTOR = 1.1
-DEADLINE_MARGIN_S = 30.0
-
-
-def search_deadline_s(wall_s: float, margin_s: float = DEADLINE_MARGIN_S) -> float:
-    return wall_s * DEADLINE_FACTOR + margin_s
+# COUNTS rows: staged beside the tables for the flow to sum into runs.counts, never committed.
+COUNTS_SCHEMA = pa.schema(
+    [
+        ("count_id", pa.string()),
+        ("task_id", pa.string()),
+        ("stage", pa.string()),
+        ("key", pa.string()),
+        ("n", pa.int64()),
+    ]
+)
 
 
 class _EnvDoFn(beam.DoFn):
     """A pool of live environments per name, for the life of the worker."""
 
-    def __init__(self, env_options: dict[str, dict[str, Any]], run_id: str) -> None:
-        self.env_options = env_options
-        self.run_id = run_id
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.spec = spec
 
     def setup(self) -> None:
         self._free: dict[str, list[Environment]] = {}  # "name@thread" -> idle environments
@@ -84,7 +88,7 @@ class _EnvDoFn(beam.DoFn):
             free = self._free.setdefault(key, [])
             env = free.pop() if free else None
         if env is None:
-            env = registry.make(name, **self.env_options.get(name, {}))
+            env = registry.make(name, **self.spec.env_options.get(name, {}))
         me = threading.current_thread()
         self._busy[me] = env
         try:
@@ -111,23 +115,29 @@ class _EnvDoFn(beam.DoFn):
         self._free = {}
 
     def failure(self, item_id: str, task_id: str, stage: str, exc: BaseException) -> Any:
-        row = Failure.of(exc, item_id=item_id, task_id=task_id, stage=stage, run_id=self.run_id).row()
+        row = Failure.of(exc, item_id=item_id, task_id=task_id, stage=stage, run_id=self.spec.run_id).row()
         return beam.pvalue.TaggedOutput(FAILURES, row)
 
 
 class DescribeTask(_EnvDoFn):
-    """Spec -> Task record, with the instruction the environment gives at reset."""
+    """Planned task (its task_id minted when the flow planned it) -> Task record, with the
+    instruction the environment gives at reset."""
 
     def process(self, spec: dict[str, Any]) -> Iterator[Any]:
-        tid = ids.task_id(spec["env"], spec["env_task"], spec["seed"])
+        tid = spec["task_id"]
         try:
             with self.env(spec["env"]) as env:
                 reset = env.reset(TaskSpec(spec["env_task"], spec["seed"]))
         except Exception as exc:  # noqa: BLE001 - one task fails, not the run
             yield self.failure(tid, tid, "describe", exc)
             return
-        yield Task.make(
-            spec["env"], spec["env_task"], spec["seed"], reset.instruction, run_id=self.run_id
+        yield Task(
+            task_id=tid,
+            env=spec["env"],
+            env_task=spec["env_task"],
+            seed=spec["seed"],
+            instruction=reset.instruction,
+            run_id=self.spec.run_id,
         ).row()
 
 
@@ -136,22 +146,15 @@ class Search(_EnvDoFn):
     in flight. Items run in the global window (the pipeline starts from Create), so outputs of
     one item may leave with a later item's, or at the end of the bundle."""
 
-    def __init__(self, env_options: dict, run_id: str, settings: SearchSettings, options: dict) -> None:
-        super().__init__(env_options, run_id)
-        self.settings = settings
-        # concurrency, pair_gap, keep_terminal_paths, model (policy options), deadline_margin_s
-        self.options = options
-
     def setup(self) -> None:
         super().setup()
         self._local = threading.local()
         self._opened: list[Any] = []
-        self._window = max(1, self.options["concurrency"])
-        deadline_s = search_deadline_s(
-            self.settings.budget.wall_s, self.options.get("deadline_margin_s", DEADLINE_MARGIN_S)
-        )
+        self._window = max(1, self.spec.concurrency)
         why = f"budget.wall_s * {DEADLINE_FACTOR:g} + deadline_margin_s"
-        self._pool = DeadlinePool(self._window, deadline_s, "search", why, on_abandon=self._close_abandoned)
+        self._pool = DeadlinePool(
+            self._window, self.spec.search_deadline_s, "search", why, on_abandon=self._close_abandoned
+        )
         self._pending: list[tuple[Future, tuple[dict, str]]] = []
 
     def teardown(self) -> None:
@@ -165,20 +168,20 @@ class Search(_EnvDoFn):
         """One policy per spec and thread: a model policy keeps its client (and its meter)."""
         policies = self._local.__dict__.setdefault("policies", {})
         if spec not in policies:
-            policies[spec] = make_policy(spec, **self.options.get("model", {}))
+            policies[spec] = make_policy(spec, **self.spec.model_options)
             with self._lock:
                 self._opened.append(policies[spec])
         return policies[spec]
 
     def critic(self) -> Any:
         """The thread's critic model (Agent Q's AI feedback), when MCTS mixes one in."""
-        m = self.settings.mcts
-        if self.settings.method != "mcts" or m.critic_weight <= 0 or not m.critic:
+        m = self.spec.settings.mcts
+        if self.spec.settings.method != "mcts" or m.critic_weight <= 0 or not m.critic:
             return None
         if getattr(self._local, "critic", None) is None:
             from trajforge.validators.critic import make_critic
 
-            self._local.critic = make_critic(m.critic, **self.options.get("model", {}))
+            self._local.critic = make_critic(m.critic, **self.spec.model_options)
             with self._lock:
                 self._opened.append(self._local.critic)
         return self._local.critic
@@ -225,122 +228,43 @@ class Search(_EnvDoFn):
         self._pending = keep
 
     def _search_failure(self, item: tuple[dict, str], exc: BaseException) -> Any:
-        task, policy_spec = item
-        fid = ids.content_id(
-            "failure", task=task["task_id"], policy=policy_spec, key=search_key(self.settings)
-        )
+        task, policy = item
+        fid = ids.search_failure_id(task["task_id"], policy, search_key(self.spec.settings))
         return self.failure(fid, task["task_id"], "search", exc)
 
     def _one(self, item: tuple[dict, str]) -> list[Any]:
         task, policy_spec = item
-        key = search_key(self.settings)
-        # The model's weights (or revision) are part of every id: new weights make new data.
-        fingerprint = model_fingerprint(policy_spec, self.options.get("model", {}).get("revision"))
-        if fingerprint:
-            key = {**key, "model": fingerprint}
-        seed = search_seed(task["task_id"], policy_spec, self.settings)
+        spec, settings = self.spec, self.spec.settings
+        key = records.item_key(policy_spec, settings, spec.model_options.get("revision"))
+        seed = search_seed(task["task_id"], policy_spec, settings)
         try:
             with self.env(task["env"]) as env:
                 result = search(
                     env,
                     TaskSpec(task["env_task"], task["seed"], task["instruction"]),
                     self.policy(policy_spec),
-                    self.settings,
+                    settings,
                     seed,
                     self.critic(),
                 )
         except Exception as exc:  # noqa: BLE001 - one item fails, not the run
             return [self._search_failure(item, exc)]
-        return self._records(task, policy_spec, key, result)
-
-    def _records(self, task: dict, policy: str, key: dict, result: SearchResult) -> list[Any]:
-        out: list[Any] = []
-        # Every sample of best_of_n is data; of a tree, the best path unless asked for all.
-        keep_all = self.settings.method != "mcts" or self.options["keep_terminal_paths"]
-        paths = result.paths if keep_all else result.paths[:1]
-        share = len(paths) or 1  # the search's cost, spread over what it produced
-        for rank, path in enumerate(paths):
-            record = self._trajectory(task, policy, key, path, result, share, rank)
-            out.append(environment_verdict(record.row()))
-            for index, png in sorted(path.screenshots.items()):
-                shot = Artifact.make(record.trajectory_id, index, "screenshot", "image/png", png)
-                out.append(beam.pvalue.TaggedOutput(ARTIFACTS, shot.row()))
-        root = result.root
-        if root is not None:
-            node_ids = {}
-            for node in result.nodes:
-                nid = ids.content_id(
-                    "node", task=task["task_id"], policy=policy, key=key, path=list(node.path)
-                )
-                node_ids[id(node)] = nid
-                out.append(
-                    beam.pvalue.TaggedOutput(
-                        NODES,
-                        TreeNode(
-                            node_id=nid,
-                            task_id=task["task_id"],
-                            parent_id=node_ids.get(id(node.parent)),
-                            depth=node.depth,
-                            action=node.action,
-                            visits=node.visits,
-                            value=round(node.value, 9),
-                            prior=node.prior,
-                            reward=node.reward,
-                            terminal=node.terminal,
-                            run_id=self.run_id,
-                            critic=node.critic,
-                        ).row(),
-                    )
-                )
-            best = result.paths[0] if result.paths else None
-            if best is not None and best.success:
-                for pair in sibling_pairs(
-                    root,
-                    [s.row() for s in best.steps],
-                    env=task["env"],
-                    instruction=result.instruction,
-                    task_id=task["task_id"],
-                    gap=self.options["pair_gap"],
-                    run_id=self.run_id,
-                    origin={"policy": policy, "search": key},
-                ):
-                    out.append(beam.pvalue.TaggedOutput(PAIRS, pair.row()))
-        return out
-
-    def _trajectory(
-        self, task: dict, policy: str, key: dict, path: Path_, result: SearchResult, share: int, rank: int
-    ) -> Trajectory:
-        if self.settings.method == "mcts":
-            tid = ids.content_id(
-                "trajectory", task_id=task["task_id"], policy=policy, search=key, path=list(path.key)
-            )
-        else:
-            tid = ids.trajectory_id(task["task_id"], policy, key, path.sample)
-        return Trajectory(
-            trajectory_id=tid,
-            task_id=task["task_id"],
-            env=task["env"],
-            instruction=result.instruction,
-            search=self.settings.method,
-            policy=policy,
-            steps=path.steps,
-            num_steps=len(path.steps),
-            total_reward=path.total_reward,
-            success=path.success,
-            tokens_in=result.tokens_in // share,
-            tokens_out=result.tokens_out // share,
-            cost_usd=result.cost_usd / share,
-            model_calls=result.model_calls // share,
-            cached_calls=result.cached_calls // share,
-            cached_tokens_in=result.cached_tokens_in // share,
-            cached_tokens_out=result.cached_tokens_out // share,
-            cached_cost_usd=result.cached_cost_usd / share,
-            env_steps=result.env_steps // share + (result.env_steps % share if rank == 0 else 0),
-            wall_s=result.wall_s / share,
-            final_observation=path.final_observation,
-            stop_reason=path.stop_reason,
-            run_id=self.run_id,
+        rows = records.search_records(
+            task,
+            policy_spec,
+            key,
+            result,
+            settings,
+            run_id=spec.run_id,
+            keep_terminal_paths=spec.keep_terminal_paths,
+            pair_gap=spec.pair_gap,
         )
+        return [
+            environment_verdict(row)
+            if table == records.TRAJECTORIES
+            else beam.pvalue.TaggedOutput(table, row)
+            for table, row in rows
+        ]
 
 
 def _close_quietly(env: Environment) -> None:
@@ -353,81 +277,55 @@ def _global(value: Any) -> WindowedValue:
     return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
 
 
-def _pairs_of_task(item: tuple[str, Any], max_pairs: int) -> Iterator[dict]:
-    _, trajectories = item
-    for pair in trajectory_pairs(list(trajectories), max_pairs=max_pairs):
+def _pairs_of_task(item: tuple[str, Any], max_pairs: int) -> Iterator[Any]:
+    task_id, trajectories = item
+    dropped: Counter = Counter()
+    for pair in trajectory_pairs(list(trajectories), max_pairs=max_pairs, dropped=dropped):
         yield pair.row()
+    for table, row in records.count_rows(dropped, "pairs:trajectory", task_id):
+        yield beam.pvalue.TaggedOutput(table, row)
 
 
 def _write(pcoll: beam.PCollection, staging: Path, table: str, part: str) -> None:
     pcoll | f"Write {table}" >> beam.io.WriteToParquet(
         str(staging / table / part),
-        schema=arrow.TABLES[table][0],
+        schema=COUNTS_SCHEMA if table == COUNTS else arrow.TABLES[table][0],
         file_name_suffix=".parquet",
         codec="zstd",
     )
 
 
-def build(
-    p: beam.Pipeline,
-    specs: list[dict[str, Any]],
-    *,
-    staging: Path,
-    run_id: str,
-    env_options: dict[str, dict[str, Any]],
-    policies: list[str],
-    settings: SearchSettings,
-    concurrency: int = 1,
-    pair_gap: float = 0.1,
-    keep_terminal_paths: bool = False,
-    max_trajectory_pairs: int = 4,
-    model_options: dict[str, Any] | None = None,
-    judge: str | None = None,
-    critique: bool = False,
-    requests_in_flight: int = 64,
-    deadline_margin_s: float = DEADLINE_MARGIN_S,
-    only: dict[str, list[str]] | None = None,
-    prior_trajectories: list[str] | None = None,
-    part: str = "part",
-) -> None:
-    """`only` (task id -> policies) restricts the searches to those items (a retry of the failed
-    items of a run; `specs` then holds their tasks); `prior_trajectories` (staged Parquet files
-    of the same run) join the per-task pair mining, so a task's pairs see all its trajectories.
-    Files are written as `staging/TABLE/PART-*.parquet`."""
-    options = {
-        "deadline_margin_s": deadline_margin_s,
-        "concurrency": concurrency,
-        "pair_gap": pair_gap,
-        "keep_terminal_paths": keep_terminal_paths,
-        "model": model_options or {},
-    }
+def build(p: beam.Pipeline, tasks: list[dict[str, Any]], spec: PipelineSpec, staging: Path) -> None:
+    """`tasks`: planned task specs (task_id, env, env_task, seed). Files are written as
+    `staging/TABLE/PART-*.parquet` (PART: `spec.part`)."""
     described = (
         p
-        | "Specs" >> beam.Create(specs)
+        | "Specs" >> beam.Create(tasks)
         | "Reshuffle specs" >> beam.Reshuffle()
-        | "Describe" >> beam.ParDo(DescribeTask(env_options, run_id)).with_outputs(FAILURES, main="tasks")
+        | "Describe" >> beam.ParDo(DescribeTask(spec)).with_outputs(FAILURES, main="tasks")
     )
     searched = (
         described.tasks
-        | "Expand"
-        >> beam.FlatMap(lambda t: [(t, p) for p in (policies if only is None else only[t["task_id"]])])
+        | "Expand" >> beam.FlatMap(lambda t: [(t, policy) for policy in spec.policies_of(t["task_id"])])
         | "Reshuffle work" >> beam.Reshuffle()
         | "Search"
-        >> beam.ParDo(Search(env_options, run_id, settings, options)).with_outputs(
-            FAILURES, NODES, PAIRS, ARTIFACTS, main="trajectories"
+        >> beam.ParDo(Search(spec)).with_outputs(
+            FAILURES, NODES, PAIRS, ARTIFACTS, COUNTS, main="trajectories"
         )
     )
-    trajectories = searched.trajectories
-    if judge:
-        trajectories = trajectories | "Judge" >> Judge(
-            judge, model_options or {}, critique, requests_in_flight
+    trajectories, failures = searched.trajectories, [described.failures, searched.failures]
+    if spec.judge:
+        judged = trajectories | "Judge" >> Judge(
+            spec.judge, spec.model_options, spec.critique, spec.requests_in_flight
         )
+        trajectories = judged["trajectories"]
+        failures.append(judged["failures"])
     mined = trajectories
-    if prior_trajectories:
-        retried = set(only or {})
+    if spec.prior_trajectories:
+        retried = set(spec.only or {})
         prior = (
             p
-            | "Prior files" >> beam.Create(prior_trajectories)
+            | "Prior files" >> beam.Create(spec.prior_trajectories)
             | "Read prior" >> beam.io.ReadAllFromParquet(columns=list(arrow.TRAJECTORIES.names))
             | "Of retried tasks" >> beam.Filter(lambda t: t["task_id"] in retried)
         )
@@ -436,18 +334,21 @@ def build(
         mined
         | "By task" >> beam.Map(lambda t: (t["task_id"], t))
         | "Group by task" >> beam.GroupByKey()
-        | "Mine pairs" >> beam.FlatMap(_pairs_of_task, max_trajectory_pairs)
+        | "Mine pairs"
+        >> beam.FlatMap(_pairs_of_task, spec.max_trajectory_pairs).with_outputs(COUNTS, main="pairs")
     )
+    part = spec.part
     _write(described.tasks, staging, "tasks", part)
     _write(trajectories, staging, "trajectories", part)
     _write(searched[NODES], staging, "nodes", part)
     _write(searched[ARTIFACTS], staging, "artifacts", part)
-    _write((searched[PAIRS], trajectory_level) | "All pairs" >> beam.Flatten(), staging, "pairs", part)
-    failures = (described.failures, searched.failures) | "All failures" >> beam.Flatten()
-    _write(failures, staging, "failures", part)
+    _write((searched[PAIRS], trajectory_level.pairs) | "All pairs" >> beam.Flatten(), staging, "pairs", part)
+    _write(tuple(failures) | "All failures" >> beam.Flatten(), staging, "failures", part)
+    counts = (searched[COUNTS], trajectory_level[COUNTS]) | "All counts" >> beam.Flatten()
+    _write(counts, staging, COUNTS, part)
 
 
-def run(pipeline_options: list[str], **kwargs: Any) -> None:
+def run(pipeline_options: list[str], tasks: list[dict[str, Any]], spec: PipelineSpec, staging: Path) -> None:
     """Build and run the pipeline to completion; raises if the runner fails."""
     with beam.Pipeline(options=PipelineOptions(pipeline_options)) as p:
-        build(p, **kwargs)
+        build(p, tasks, spec, staging)

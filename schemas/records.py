@@ -161,9 +161,8 @@ class Artifact(Record):
 
     @classmethod
     def make(cls, trajectory_id: str, step_index: int, kind: str, mime: str, data: bytes) -> Artifact:
-        aid = ids.content_id("artifact", trajectory=trajectory_id, step=step_index, artifact_kind=kind)
         return cls(
-            artifact_id=aid,
+            artifact_id=ids.artifact_id(trajectory_id, step_index, kind),
             trajectory_id=trajectory_id,
             step_index=step_index,
             kind=kind,

@@ -5,11 +5,16 @@
   assistant turns.
 - 'trajectory' (AgentGym DPO): a success and a failure of the same task. The prefix is the
   system and first user turn; chosen/rejected are the rest of each conversation (JSON).
+
+Candidates the mining drops are counted by reason in the caller's `dropped` Counter:
+`below_gap` and `unvisited` (a sibling with no Q yet) for sibling pairs, `different_start` and
+`over_limit` (beyond max_pairs) for trajectory pairs.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable
 from itertools import product
 from typing import Any
@@ -34,20 +39,9 @@ def _pair(
     run_id,
     origin: dict[str, Any] | None = None,
 ) -> Pair:
-    """`origin` (the policy and search settings of the tree a sibling pair comes from) joins the
-    id: two trees may offer the same preference with other Q values, each its own record."""
-    pid = ids.content_id(
-        "pair",
-        task_id=task_id,
-        step=step_index,
-        prefix=prefix,
-        chosen=chosen,
-        rejected=rejected,
-        source=source,
-        **({"origin": origin} if origin else {}),
-    )
+    """`origin`: the policy and search settings of the tree a sibling pair comes from."""
     return Pair(
-        pair_id=pid,
+        pair_id=ids.pair_id(task_id, step_index, prefix, chosen, rejected, source, origin),
         task_id=task_id,
         step_index=step_index,
         prefix=prefix,
@@ -71,10 +65,12 @@ def sibling_pairs(
     gap: float,
     run_id: str | None = None,
     origin: dict[str, Any] | None = None,
+    dropped: Counter | None = None,
 ) -> list[Pair]:
     """Pairs at each tree node along `steps` (a successful path's step rows); `origin` names
     the tree: {"policy": spec, "search": search_key}."""
     pairs, node = [], root
+    dropped = Counter() if dropped is None else dropped
     for i, step in enumerate(steps):
         chosen = next((c for c in node.children or [] if c.action == step["action"] and c.stepped), None)
         if chosen is None or not chosen.visits:
@@ -82,7 +78,10 @@ def sibling_pairs(
         prefix = _json(conversation.messages(env, instruction, steps, upto=i))
         chosen_text = conversation.assistant_text(step["action"], step.get("thought"))
         for sib in node.children or []:
-            if sib is chosen or not sib.visits or chosen.q - sib.q < gap:
+            if sib is chosen:
+                continue
+            if not sib.visits or chosen.q - sib.q < gap:
+                dropped["unvisited" if not sib.visits else "below_gap"] += 1
                 continue
             rejected = conversation.assistant_text(sib.action, None)
             pairs.append(
@@ -94,19 +93,26 @@ def sibling_pairs(
     return pairs
 
 
-def trajectory_pairs(trajectories: Iterable[dict[str, Any]], *, max_pairs: int = 4) -> list[Pair]:
+def trajectory_pairs(
+    trajectories: Iterable[dict[str, Any]], *, max_pairs: int = 4, dropped: Counter | None = None
+) -> list[Pair]:
     """Success x failure pairs of one task's trajectories, the shortest successes first."""
+    dropped = Counter() if dropped is None else dropped
     rows = sorted(trajectories, key=lambda t: (t["num_steps"], t["trajectory_id"]))
     wins = [t for t in rows if t["success"]]
     losses = sorted(
         (t for t in rows if t["success"] is False), key=lambda t: (t["total_reward"], t["trajectory_id"])
     )
     out = []
-    for win, loss in list(product(wins, losses))[:max_pairs]:
+    candidates = list(product(wins, losses))
+    if len(candidates) > max_pairs:
+        dropped["over_limit"] += len(candidates) - max_pairs
+    for win, loss in candidates[:max_pairs]:
         whole_w = conversation.messages(win["env"], win["instruction"], win["steps"])
         whole_l = conversation.messages(loss["env"], loss["instruction"], loss["steps"])
         if len(whole_w) < 3 or len(whole_l) < 3 or whole_w[:2] != whole_l[:2]:
-            continue  # not the same start: not a fair comparison
+            dropped["different_start"] += 1  # not a fair comparison
+            continue
         out.append(
             _pair(
                 win["task_id"],

@@ -13,6 +13,8 @@ import json
 from typing import Any
 
 from trajforge.inference.scoring import Question, Scored, softmax
+from trajforge.schemas import ids
+from trajforge.schemas.records import Failure
 
 SYSTEM = (
     "You are a strict judge of AI agents. Read the task and the agent's transcript, then answer "
@@ -40,9 +42,9 @@ def judge_question(trajectory: dict[str, Any]) -> Question:
 
 def with_verdict(trajectory: dict[str, Any], scored: Scored, threshold: float = 0.5) -> dict[str, Any]:
     """The trajectory with the judge's verifier_score/verdict and the tokens it cost; a failed
-    judgement keeps the environment's verdict and says why in `critique`."""
+    judgement keeps the environment's verdict (and is a `failed_judgement`)."""
     if "error" in scored:
-        return {**trajectory, "critique": f"judge failed: {scored['error']}"[:500]}
+        return trajectory
     p_yes = softmax(scored["scores"])[0]
     verdict = {
         "verifier_score": round(p_yes, 9),
@@ -58,11 +60,27 @@ def needs_critique(trajectory: dict[str, Any]) -> bool:
 
 def with_critique(trajectory: dict[str, Any], scored: Scored) -> dict[str, Any]:
     """The failed trajectory with the first step that went wrong (as Agent-R revises from it)
-    in `critique`, as JSON with the critic's confidence and per-step scores."""
+    in `critique`, as JSON with the critic's confidence and per-step scores; unchanged when the
+    critique failed (a `failed_judgement`)."""
     if "error" in scored:
-        return {**trajectory, "critique": f"critique failed: {scored['error']}"[:500]}
+        return trajectory
     return _charged(
         {**trajectory, "critique": json.dumps(_first_error(trajectory, scored["scores"]))}, scored
+    )
+
+
+def failed_judgement(trajectory: dict[str, Any], scored: Scored, stage: str) -> Failure | None:
+    """The failure row of a judgement (`stage`: judge or critique) whose requests failed, with
+    the error's reason code (http_503, timeout, context_overflow, ...); None if it was scored."""
+    if "error" not in scored:
+        return None
+    return Failure(
+        item_id=ids.judgement_failure_id(trajectory["trajectory_id"], stage),
+        task_id=trajectory["task_id"],
+        stage=stage,
+        reason=scored.get("reason") or "internal_error",
+        detail=scored["error"],
+        run_id=trajectory.get("run_id"),
     )
 
 

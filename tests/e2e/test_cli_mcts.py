@@ -40,6 +40,15 @@ def test_runs_record_the_env_steps_spent(cli, mcts_lake):
     assert runs[0]["env_steps"] == spent > 0
 
 
+def test_runs_count_the_pairs_the_mining_dropped_by_reason(cli, mcts_lake):
+    counts = run_counts(cli, mcts_lake)
+    dropped = {
+        k.removeprefix("dropped:pairs:"): v for k, v in counts.items() if k.startswith("dropped:pairs:")
+    }
+    assert dropped and set(dropped) <= {"below_gap", "unvisited", "different_start", "over_limit"}
+    assert counts["pairs:mcts_sibling"] > 0  # what was kept, beside what was dropped
+
+
 def test_every_sibling_pair_meets_the_gap_and_extends_a_stored_trajectory(cli, mcts_lake):
     pairs = sql_json(cli, mcts_lake, "SELECT * FROM pairs WHERE source = 'mcts_sibling'")
     assert pairs

@@ -133,6 +133,48 @@ def test_the_judge_stage_scores_every_trajectory_and_critiques_failures(cli, mod
     assert counts.get("judge:tp", 0) + counts.get("judge:fn", 0) == sum(t["success"] for t in trajs)
 
 
+class OverloadedJudge(JSONHandler):
+    """A judge server that is up (it answers the client's health probe, "ping") but asks every
+    judgement to come back in an hour (503, Retry-After: 3600). The client does not wait that
+    long: the first judgement fails with http_503 and opens the breaker for the rest."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_json(200, json.dumps({"data": [{"id": "tiny"}]}).encode())
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if not self.path.endswith("/chat/completions"):
+            self.send_json(404, b'{"error": {"message": "not found"}}')
+        elif body["messages"][-1]["content"] == "ping":
+            choice = {"index": 0, "message": {"content": "pong"}, "finish_reason": "length"}
+            usage = {"prompt_tokens": 1, "completion_tokens": 1}
+            self.send_json(200, json.dumps({"model": "tiny", "choices": [choice], "usage": usage}).encode())
+        else:
+            self.send_json(503, b'{"error": {"message": "overloaded"}}', {"Retry-After": "3600"})
+
+
+def test_an_overloaded_judge_fails_judgements_with_reason_codes_and_the_run_commits(cli, tmp_path):
+    server = LoopbackServer(OverloadedJudge)
+    out = tmp_path / "data"
+    try:
+        args = ["run", "--out", str(out), "--env", "toy", "--tasks", "2", "--max-steps", "6"]
+        config = tmp_path / "judge.yaml"
+        config.write_text(json.dumps({"judge": f"openai:{server.origin}/v1#tiny", "critique": True}))
+        result = cli(*args, "--config", str(config))
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    trajs = sql_json(cli, out, "SELECT trajectory_id, critique, verifier_verdict FROM trajectories")
+    assert len(trajs) == 4 and all(t["critique"] is None for t in trajs)  # no error text in critique
+    assert all(t["verifier_verdict"] in ("pass", "fail") for t in trajs)  # the environment's truth stays
+    failures = sql_json(cli, out, "SELECT item_id, stage, reason FROM failures WHERE stage = 'judge'")
+    assert len(failures) == 4 and {f["reason"] for f in failures} <= {"http_503", "circuit_open"}
+    counts = run_counts(cli, out)
+    assert counts["judge:failed"] == 4 and counts.get("failed:judge:http_503", 0) >= 1
+    shown = cli("runs", "--out", str(out), "--format", "json")
+    assert shown.returncode == 0 and "failed:judge:http_503" in shown.stdout, shown.stdout
+
+
 def test_mcts_with_the_judge_as_critic_stores_its_values_on_nodes(cli, model_url, tmp_path):
     out = tmp_path / "data"
     config = tmp_path / "critic.yaml"

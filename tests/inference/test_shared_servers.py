@@ -157,24 +157,20 @@ def test_a_pipeline_with_eight_search_threads_starts_one_server_and_stops_it_at_
     from trajforge.environments.toy import ToyEnvironment
     from trajforge.flows.staging import RunDir
     from trajforge.pipelines import synthesis
+    from trajforge.pipelines.spec import PipelineSpec, planned_task
     from trajforge.synthesizers.search import Budget, SearchSettings
 
     monkeypatch.setattr(serve, "resolve_engine", lambda engine: "transformers")
-    specs = [
-        {"env": "toy", "env_task": s.env_task, "seed": s.seed} for s in ToyEnvironment().task_specs(8, 5)
-    ]
+    specs = [planned_task("toy", s.env_task, s.seed) for s in ToyEnvironment().task_specs(8, 5)]
     run_dir = RunDir(tmp_path, "run")
-    synthesis.run(
-        ["--runner=FnApiRunner"],
-        specs=specs,
-        staging=run_dir.staging,
+    spec = PipelineSpec(
         run_id="run",
-        env_options={},
         policies=[f"vllm:{tiny_model}"],
         settings=SearchSettings(method="rollout", max_steps=2, budget=Budget(env_steps=10)),
         concurrency=8,
         model_options={"max_tokens": 4, "timeout_s": 30},
     )
+    synthesis.run(["--runner=FnApiRunner"], specs, spec, run_dir.staging)
     trajectories = run_dir.read_staged("trajectories").to_pylist()
     assert len(trajectories) == 8 and all(t["model_calls"] > 0 for t in trajectories)
     [start] = (server_dir / "servers.log").read_text().splitlines()  # one server for 8 searches

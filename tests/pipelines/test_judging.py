@@ -9,7 +9,9 @@ import json
 import apache_beam as beam
 import pytest
 
+from tests.fake_http import JSONHandler, LoopbackServer
 from trajforge.pipelines.judging import Judge, ScoreQuestions, _VLLMScoring
+from trajforge.schemas import ids
 from trajforge.schemas.records import Step, Trajectory
 from trajforge.validators.judge import judge_question
 
@@ -38,16 +40,35 @@ def judged(tiny_server, tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("judged") / "rows"
     spec = f"openai:{tiny_server.url}#{tiny_server.name}"
     with beam.Pipeline(argv=["--runner=FnApiRunner"]) as p:
-        _ = (
+        judged = (
             p
             | beam.Create(ROWS)
             | Judge(spec, {"cache_dir": None, "timeout_s": 30}, critique=True, concurrency=8)
+        )
+        _ = (
+            judged["trajectories"]
             | beam.Map(json.dumps, default=str)
             | beam.io.WriteToText(str(out), shard_name_template="")
         )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == len(ROWS)
     return {r["trajectory_id"]: r for r in rows}
+
+
+def judge_and_read(rows: list[dict], spec: str, tmp_path, **kwargs) -> tuple[list[dict], list[dict]]:
+    """The stage's trajectories and failure rows (read back from text sinks)."""
+    with beam.Pipeline(argv=["--runner=FnApiRunner"]) as p:
+        judged = p | beam.Create(rows) | Judge(spec, {"cache_dir": None, "timeout_s": 2}, **kwargs)
+        for name in ("trajectories", "failures"):
+            _ = (
+                judged[name]
+                | f"json {name}" >> beam.Map(json.dumps, default=str)
+                | f"write {name}" >> beam.io.WriteToText(str(tmp_path / name), shard_name_template="")
+            )
+    return tuple(  # type: ignore[return-value]
+        [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+        for name in ("trajectories", "failures")
+    )
 
 
 def test_every_trajectory_comes_back_once_with_a_verdict_and_its_tokens(judged):
@@ -69,18 +90,43 @@ def test_failures_get_a_critique_naming_one_of_their_steps(judged):
 
 
 def test_an_unreachable_judge_fails_each_judgement_not_the_run(tmp_path):
-    out = tmp_path / "rows"
-    with beam.Pipeline(argv=["--runner=FnApiRunner"]) as p:
-        _ = (
-            p
-            | beam.Create(ROWS[:3])
-            | Judge("openai:http://127.0.0.1:9/v1#gone", {"cache_dir": None, "timeout_s": 2})
-            | beam.Map(json.dumps, default=str)
-            | beam.io.WriteToText(str(out), shard_name_template="")
-        )
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 3
-    assert all(r["verifier_verdict"] is None and r["critique"].startswith("judge failed:") for r in rows)
+    rows, failures = judge_and_read(ROWS[:3], "openai:http://127.0.0.1:9/v1#gone", tmp_path)
+    assert sorted(r["trajectory_id"] for r in rows) == [r["trajectory_id"] for r in ROWS[:3]]
+    assert all(
+        r["verifier_verdict"] is None and r["critique"] is None for r in rows
+    )  # unjudged, not annotated
+    assert sorted(f["item_id"] for f in failures) == sorted(
+        ids.judgement_failure_id(r["trajectory_id"], "judge") for r in ROWS[:3]
+    )
+    assert {(f["stage"], f["task_id"]) for f in failures} == {("judge", "task")}
+    assert {f["reason"] for f in failures} <= {"connect", "circuit_open"}, failures
+
+
+class WrongModel(JSONHandler):
+    """A model server that does not serve the judge's model: every POST gets 404."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_json(200, json.dumps({"data": [{"id": "another"}]}).encode())
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_json(404, b'{"error": {"message": "The model `gone` does not exist."}}')
+
+
+def test_a_failed_judgement_is_a_failure_row_with_the_reason_code_not_a_critique(tmp_path):
+    server = LoopbackServer(WrongModel)
+    try:
+        rows, failures = judge_and_read(ROWS[:2], f"openai:{server.origin}/v1#gone", tmp_path, critique=True)
+    finally:
+        server.stop()
+    assert len(rows) == 2 and all(r["critique"] is None and r["verifier_score"] is None for r in rows)
+    assert sorted((f["stage"], f["item_id"]) for f in failures) == sorted(
+        [("judge", ids.judgement_failure_id(r["trajectory_id"], "judge")) for r in ROWS[:2]]
+        # ROWS[1] failed by the environment's truth: it is still asked for its critique, which fails too
+        + [("critique", ids.judgement_failure_id(ROWS[1]["trajectory_id"], "critique"))]
+    )
+    assert {f["reason"] for f in failures} == {"http_404"}
+    assert all("does not exist" in f["detail"] and f["task_id"] == "task" for f in failures)
 
 
 class FakeVLLMLaunch:

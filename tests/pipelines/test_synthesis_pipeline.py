@@ -7,23 +7,20 @@ import pytest
 from trajforge.environments.toy import ToyEnvironment
 from trajforge.flows.staging import RunDir
 from trajforge.pipelines import synthesis as pipeline
+from trajforge.pipelines.spec import PipelineSpec, planned_task, search_deadline_s
 from trajforge.schemas import ids
 from trajforge.synthesizers.search import Budget, SearchSettings
 from trajforge.validators.dedup import dedupe
 
-SPECS = [{"env": "toy", "env_task": s.env_task, "seed": s.seed} for s in ToyEnvironment().task_specs(12, 3)]
-CRASH = {"env": "toy", "env_task": "corridor-3-1-crash", "seed": 9}
-HANG = {"env": "toy", "env_task": "corridor-3-1-hang", "seed": 9}
+SPECS = [planned_task("toy", s.env_task, s.seed) for s in ToyEnvironment().task_specs(12, 3)]
+CRASH = planned_task("toy", "corridor-3-1-crash", 9)
+HANG = planned_task("toy", "corridor-3-1-hang", 9)
 
 
 def _stage(tmp: Path, options: list[str], specs=SPECS, concurrency: int = 1, **kwargs) -> RunDir:
     run_dir = RunDir(tmp, "run")
-    pipeline.run(
-        ["--runner=FnApiRunner", *options],
-        specs=specs,
-        staging=run_dir.staging,
+    spec = PipelineSpec(
         run_id="run",
-        env_options={},
         policies=["oracle", "random"],
         settings=kwargs.pop(
             "settings",
@@ -32,6 +29,7 @@ def _stage(tmp: Path, options: list[str], specs=SPECS, concurrency: int = 1, **k
         concurrency=concurrency,
         **kwargs,
     )
+    pipeline.run(["--runner=FnApiRunner", *options], specs, spec, run_dir.staging)
     return run_dir
 
 
@@ -54,6 +52,10 @@ def test_every_task_and_sample_is_staged(baseline):
     assert len(trajectories) == len(SPECS) * 2 * 2
     assert all(t["success"] for t in trajectories if t["policy"] == "oracle")
     assert {t["verifier_verdict"] for t in trajectories} <= {"pass", "fail"}
+
+
+def test_the_staged_tasks_carry_the_ids_minted_when_they_were_planned(baseline):
+    assert _ids(baseline, "tasks", "task_id") == sorted(s["task_id"] for s in SPECS + [CRASH])
 
 
 def test_a_crashing_environment_fails_only_its_items(baseline):
@@ -81,7 +83,7 @@ def test_same_ids_under_other_execution(tmp_path, baseline, options):
 def test_a_hanging_search_fails_with_timeout_and_the_others_finish(tmp_path):
     budget = Budget(env_steps=100, wall_s=1.0)
     settings = SearchSettings(method="best_of_n", max_steps=12, samples=2, budget=budget)
-    deadline = pipeline.search_deadline_s(budget.wall_s, margin_s=1.0)
+    deadline = search_deadline_s(budget.wall_s, margin_s=1.0)
     staged: list[RunDir] = []
     # In a thread of its own, so that a pipeline that waits on the hung search fails this test
     # instead of hanging it.

@@ -112,3 +112,9 @@ def test_the_records_refuse_a_value_outside_its_kind():
         Pair(**_pair(0, "judge"))
     with pytest.raises(ValidationError, match="source"):
         Task.make("toy", "t", 1, "x", source="model")
+
+
+def test_every_declared_search_method_has_an_implementation():
+    from trajforge.synthesizers.search import METHODS
+
+    assert set(METHODS) == set(values(SearchMethod))
