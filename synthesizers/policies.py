@@ -75,12 +75,13 @@ class OraclePolicy:
 
 
 BUILTIN = {"random": RandomPolicy, "oracle": OraclePolicy}
+NO_MODEL = (*BUILTIN, "lexical")  # lexical (synthesizers/lexical.py) imports this module
 
 
 def check_spec(spec: str) -> None:
     """The spec's form only; a model server is reached when the run starts."""
     kind, _, rest = spec.partition(":")
-    if spec in BUILTIN or (kind == "vllm" and rest):
+    if spec in NO_MODEL or (kind == "vllm" and rest):
         return
     if kind == "openai" and rest.startswith(("http://", "https://")):
         return
@@ -91,8 +92,8 @@ def check_spec(spec: str) -> None:
             )
         return
     raise ConfigError(
-        f"policies: unknown policy {spec!r}; use random, oracle, openai:http://HOST:PORT/v1[#model], "
-        "hf:PATH or vllm:MODEL"
+        f"policies: unknown policy {spec!r}; use random, oracle, lexical, "
+        "openai:http://HOST:PORT/v1[#model], hf:PATH or vllm:MODEL"
     )
 
 
@@ -102,6 +103,10 @@ def make_policy(spec: str, **model_options: Any) -> Policy:
     check_spec(spec)
     if spec in BUILTIN:
         return BUILTIN[spec]()
+    if spec == "lexical":
+        from trajforge.synthesizers.lexical import LexicalPolicy
+
+        return LexicalPolicy()
     from trajforge.synthesizers.llm_policy import make_llm_policy
 
     return make_llm_policy(spec, **model_options)
