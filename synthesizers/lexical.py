@@ -159,8 +159,8 @@ class LexicalPolicy:
         text = _unquote(quoted[-1]) if quoted else None
         parts = action.split()
         element = next((refs[p] for p in parts[1:2] if p in refs), None)
-        if element is None:
-            return words(action), [], text, False
+        if element is None:  # a text game's command, or `press "Enter"`: no element, no value typed
+            return words(action), [], None, False
         own = words(_QUOTED.sub(" ", action).replace(parts[1], " ", 1)) + words(text or "")
         label = words(f"{element.role} {element.name}")
         value = (element.value or "").lower()

@@ -50,11 +50,13 @@ def test_the_button_the_instruction_names_gets_the_highest_prior_and_the_others_
 
 def test_typing_the_quoted_value_comes_first_then_submit_once_the_field_holds_it():
     instruction = 'Enter "Jerald" into the text field and press Submit.'
-    actions = ["click e1", 'type e1 "Jerald"', "click e2", "click e3"]
-    empty = page(instruction, '[e1] textbox value=""', '[e2] button "Submit"', '[e3] button "Cancel"')
+    actions = ["click e1", 'type e1 "Jerald"', "click e2", "click e3", 'press "Enter"']
+    empty = page(
+        instruction, '[e1] textbox value="" (focused)', '[e2] button "Submit"', '[e3] button "Cancel"'
+    )
     p = priors(instruction, empty, actions)
     assert best(p) == 'type e1 "Jerald"' and p['type e1 "Jerald"'] > 0.5
-    assert p["click e2"] > p["click e1"] == pytest.approx(p["click e3"])
+    assert p["click e2"] > p["click e1"] == pytest.approx(p["click e3"]) == pytest.approx(p['press "Enter"'])
     assert sum(p.values()) == pytest.approx(1.0)
     typed = page(instruction, '[e1] textbox value="Jerald"', '[e2] button "Submit"', '[e3] button "Cancel"')
     after = priors(instruction, typed, actions)
