@@ -52,7 +52,7 @@ EASY = ["click-button", "click-checkboxes", "enter-text", "click-tab-2", "login-
 PRIORS = {"uniform": RandomPolicy, "lexical": LexicalPolicy}
 
 
-def miniwob_priors(seeds: int, priors: list[str], tasks: list[str] | None) -> None:
+def miniwob_priors(seeds: range, priors: list[str], tasks: list[str] | None) -> None:
     """MCTS on MiniWoB's run defaults, each prior on the same tasks, seeds and budget."""
     from trajforge.environments.miniwob import DEFAULT_TASKS, MiniWoBEnvironment
 
@@ -67,7 +67,7 @@ def miniwob_priors(seeds: int, priors: list[str], tasks: list[str] | None) -> No
     print(f"{'seed':>4}  {'prior':<9}{'solved':>8}{'easy':>6}{'env steps':>11}{'wall s':>8}  unsolved")
     env = MiniWoBEnvironment(tasks=list(names))
     try:
-        for seed in range(seeds):
+        for seed in seeds:
             specs = env.task_specs(len(names), seed)
             for prior in priors:
                 t0, steps, unsolved = time.perf_counter(), 0, []
@@ -92,6 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--env", choices=["textworld", "miniwob"], default="textworld")
     ap.add_argument("--seeds", type=int, default=3, help="miniwob: run seeds (task instances, searches)")
+    ap.add_argument("--first-seed", type=int, default=0, help="miniwob: the seeds are FIRST.. FIRST+SEEDS-1")
     ap.add_argument("--prior", choices=[*PRIORS, "both"], default="both", help="miniwob: MCTS priors")
     ap.add_argument("--task-list", default="", help="miniwob: comma-separated tasks (default: the 18)")
     ap.add_argument("--tasks", type=int, default=20)
@@ -104,7 +105,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.env == "miniwob":
         priors = list(PRIORS) if args.prior == "both" else [args.prior]
-        miniwob_priors(args.seeds, priors, [t for t in args.task_list.split(",") if t] or None)
+        miniwob_priors(
+            range(args.first_seed, args.first_seed + args.seeds),
+            priors,
+            [t for t in args.task_list.split(",") if t] or None,
+        )
         return
 
     options = {
