@@ -8,7 +8,7 @@ import pytest
 
 from trajforge.environments.base import TaskSpec
 from trajforge.synthesizers.lexical import LexicalPolicy
-from trajforge.synthesizers.policies import Context, check_spec, make_policy
+from trajforge.synthesizers.policies import Context, RandomPolicy, check_spec, make_policy
 from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings, search
 
 
@@ -131,19 +131,23 @@ def test_choices_follow_the_priors_and_repeat_for_a_seed():
 
 @pytest.mark.skipif(not os.access("/usr/bin/chromium", os.X_OK), reason="needs Chromium at /usr/bin/chromium")
 @pytest.mark.parametrize("task", ["click-button", "enter-text"])
-def test_mcts_with_lexical_priors_solves_easy_miniwob_tasks_on_a_small_budget(task):
+def test_mcts_with_lexical_priors_solves_easy_miniwob_tasks_where_a_uniform_prior_does_not(task):
     pytest.importorskip("playwright")
     pytest.importorskip("miniwob")
     from trajforge.environments.miniwob import MiniWoBEnvironment
 
     env = MiniWoBEnvironment(tasks=[task])
-    # MiniWoB's run defaults, on a tenth of their env-step budget.
+    # MiniWoB's run defaults, on a budget of 6 env steps.
     mcts = MCTSSettings(rollout_depth=3, c_puct=1.0)
-    settings = SearchSettings("mcts", max_steps=6, budget=Budget(env_steps=40), mcts=mcts)
+    settings = SearchSettings("mcts", max_steps=6, budget=Budget(env_steps=6), mcts=mcts)
+    uniform_failed = 0
     try:
-        for seed in (1, 2):
+        for seed in (1, 2, 3):
             result = search(env, TaskSpec(task, seed), LexicalPolicy(), settings, seed=seed)
             assert result.paths[0].success, (task, seed, result.instruction, result.paths[0].key)
-            assert result.env_steps <= 40
+            assert result.env_steps <= 6
+            uniform = search(env, TaskSpec(task, seed), RandomPolicy(), settings, seed=seed)
+            uniform_failed += not uniform.paths[0].success
     finally:
         env.close()
+    assert uniform_failed  # the same budget is too small for a uniform prior on some seed
