@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,7 +75,18 @@ class OraclePolicy:
         return self._fallback.act(ctx)
 
 
-BUILTIN = {"random": RandomPolicy, "oracle": OraclePolicy}
+def _lexical() -> Policy:
+    from trajforge.synthesizers.lexical import LexicalPolicy  # it imports this module
+
+    return LexicalPolicy()
+
+
+# The policies that need no model, by spec.
+BUILTIN: dict[str, Callable[[], Policy]] = {
+    "random": RandomPolicy,
+    "oracle": OraclePolicy,
+    "lexical": _lexical,
+}
 
 
 def make_policy(spec: str, **model_options: Any) -> Policy:

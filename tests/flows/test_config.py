@@ -82,7 +82,7 @@ SERVER = "openai:http://127.0.0.1:9/v1#m"
             {"judge": "openai:localhost:8000"},
             "judge: 'openai:localhost:8000' needs a server URL after 'openai:'",
         ),
-        ({"policies": ["gpt4"]}, "policies: unknown policy 'gpt4'; use oracle, random, openai:"),
+        ({"policies": ["gpt4"]}, "policies: unknown policy 'gpt4'; use lexical, oracle, random, openai:"),
         ({"policies": ["hf:"]}, "policies: 'hf:' needs a local model directory after 'hf:'"),
     ],
 )
