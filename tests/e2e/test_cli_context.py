@@ -6,17 +6,10 @@ becomes a trajectory."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import free_port
-from tests.e2e.helpers import sql_json
+from tests.e2e.helpers import served_tiny_model, sql_json
 from trajforge.environments import registry
 from trajforge.environments.base import TaskSpec
 from trajforge.inference.client import OpenAIHTTPBackend
@@ -29,29 +22,8 @@ MAX_TOKENS = 128  # model.max_tokens' default
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    port = free_port()
-    tiny = tmp_path_factory.mktemp("tiny") / "tiny"
-    cmd = ["serve-model", "--tiny", str(tiny), "--port", str(port), "--max-model-len", str(WINDOW)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trajforge.cli", *cmd],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "serve-model did not come up"
-                time.sleep(0.5)
+    with served_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny", "--max-model-len", str(WINDOW)) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def first_prompt_tokens(url: str, env_name: str, env_task: str, seed: int) -> int:

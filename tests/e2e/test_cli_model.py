@@ -3,45 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.e2e.helpers import run_counts, sql_json
+from tests.e2e.helpers import run_counts, served_tiny_model, sql_json
 from tests.fake_http import JSONHandler, LoopbackServer
 
 
 @pytest.fixture(scope="module")
 def model_url(tmp_path_factory):
-    port = free_port()
-    tiny = tmp_path_factory.mktemp("tiny") / "tiny"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trajforge.cli", "serve-model", "--tiny", str(tiny), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "serve-model did not come up"
-                time.sleep(0.5)
+    with served_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny") as url:
         yield f"{url}/v1"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def run_args(out: Path, model_url: str) -> list[str]:

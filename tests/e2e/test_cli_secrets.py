@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.e2e.helpers import sql_json
+from tests.e2e.helpers import served_tiny_model, sql_json
 
 CANARY = "sk-canary-7f3a9c2e41d0b8"  # a key that must never be written anywhere
 
@@ -24,29 +19,9 @@ CANARY = "sk-canary-7f3a9c2e41d0b8"  # a key that must never be written anywhere
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory):
     """`trajforge serve-model --api-key KEY` (as `vllm serve --api-key`): 401 without the key."""
-    port = free_port()
-    tiny = tmp_path_factory.mktemp("tiny-keyed") / "tiny"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trajforge.cli", "serve-model", "--tiny", str(tiny), "--port", str(port)],
-        env={**os.environ, "TRAJFORGE_SERVE_API_KEY": CANARY},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "serve-model did not come up"
-                time.sleep(0.5)
+    env = {**os.environ, "TRAJFORGE_SERVE_API_KEY": CANARY}
+    with served_tiny_model(tmp_path_factory.mktemp("tiny-keyed") / "tiny", env=env) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def status_without_key(url: str, key: str | None) -> int:
