@@ -107,3 +107,19 @@ def test_what_it_reads_of_the_mcts_settings_is_part_of_its_ids():
     assert search_key(SearchSettings(method="best_first", mcts=MCTSSettings(expand_k=4))) != search_key(plain)
     critic = SearchSettings(method="best_first", mcts=MCTSSettings(critic_weight=0.5, critic="judge"))
     assert search_key(critic)["best_first"] == {"expand_k": 32, "critic_weight": 0.5, "critic": "judge"}
+
+
+def test_a_run_searching_best_first_with_a_critic_weight_hands_its_searches_the_judge():
+    from trajforge.flows.config import RunConfig
+    from trajforge.flows.run import pipeline_spec
+    from trajforge.pipelines.synthesis import Search
+
+    judge = "openai:http://127.0.0.1:9/v1#judge"
+    for weight, critic in ((0.5, True), (0.0, False)):
+        config = RunConfig(envs=["toy"], search="best_first", judge=judge, mcts={"critic_weight": weight})
+        stage = Search(pipeline_spec(config, "run", "part"))
+        stage.setup()
+        try:
+            assert (stage.critic() is not None) is critic
+        finally:
+            stage.teardown()
