@@ -75,6 +75,7 @@ __all__ = [
     "TokenMeter",
     "Visit",
     "path_rank",
+    "run_best_first",
     "run_mcts",
     "sample_rollouts",
     "search",
