@@ -4,7 +4,8 @@
     .venv/bin/python bench/search.py --env miniwob [--seeds 3] [--prior both] [--task-list a,b]
 
 Table 1: tasks solved (a verified success), env steps, preference pairs, wall time for
-rollout, best_of_n and MCTS (uniform prior, random rollouts), each with the random policy.
+rollout, best_of_n, MCTS (uniform prior, random rollouts) and best_first (uniform prior), each
+with the random policy.
 Table 2: the same number of MCTS simulations with snapshot/restore and with replay from
 reset (the trees are identical; only the cost differs).
 With --env miniwob: MCTS on MiniWoB++'s default tasks and run defaults (400 env steps per task,
@@ -127,6 +128,7 @@ def main() -> None:
             "best_of_n", args.max_steps, max(1, args.budget // args.max_steps), budget
         ),
         "mcts": SearchSettings("mcts", args.max_steps, 1, budget, mcts),
+        "best_first": SearchSettings("best_first", args.max_steps, 1, budget, mcts),
     }
     print(
         f"\nsearch benchmark: {args.tasks} tw-cooking games ({env.settings}),"

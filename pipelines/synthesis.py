@@ -174,9 +174,10 @@ class Search(_EnvDoFn):
         return policies[spec]
 
     def critic(self) -> Any:
-        """The thread's critic model (Agent Q's AI feedback), when MCTS mixes one in."""
+        """The thread's critic model (Agent Q's AI feedback), when the search mixes one in (mcts,
+        best_first; the others never ask it)."""
         m = self.spec.settings.mcts
-        if self.spec.settings.method != "mcts" or m.critic_weight <= 0 or not m.critic:
+        if m.critic_weight <= 0 or not m.critic:
             return None
         if getattr(self._local, "critic", None) is None:
             from trajforge.validators.critic import make_critic

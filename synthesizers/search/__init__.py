@@ -2,7 +2,8 @@
 one budget, so their comparisons are fair. A method is its module and one line in METHODS:
 
 - `rollout`, `best_of_n` (best_of_n.py): independent episodes of the policy;
-- `mcts` (mcts.py): Monte Carlo Tree Search as in Agent Q.
+- `mcts` (mcts.py): Monte Carlo Tree Search as in Agent Q;
+- `best_first` (best_first.py): A*-style best-first search as in ToolChain*.
 
 The other modules: settings.py (what a search is given), results.py (what it returns),
 navigator.py (stepping along action prefixes), identity.py (its key and seed), metering.py
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 from trajforge.environments.base import Environment, TaskSpec
 from trajforge.synthesizers.policies import Policy
+from trajforge.synthesizers.search.best_first import run_best_first
 from trajforge.synthesizers.search.best_of_n import sample_rollouts
 from trajforge.synthesizers.search.identity import search_key, search_seed
 from trajforge.synthesizers.search.mcts import MCTS, run_mcts
@@ -35,6 +37,7 @@ METHODS: dict[str, Method] = {
     "rollout": sample_rollouts,
     "best_of_n": sample_rollouts,
     "mcts": run_mcts,
+    "best_first": run_best_first,
 }
 
 
@@ -46,7 +49,7 @@ def search(
     seed: int,
     critic: Critic | None = None,
 ) -> SearchResult:
-    """`critic` is used by MCTS when settings.mcts.critic_weight > 0; its tokens count as the
+    """`critic` is used by MCTS and best_first when settings.mcts.critic_weight > 0; its tokens count as the
     search's, like the policy's."""
     before = usage(policy, critic)
     result = METHODS[settings.method](env, task, policy, settings, seed, critic)
@@ -72,6 +75,7 @@ __all__ = [
     "TokenMeter",
     "Visit",
     "path_rank",
+    "run_best_first",
     "run_mcts",
     "sample_rollouts",
     "search",

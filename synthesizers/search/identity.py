@@ -25,6 +25,11 @@ def search_key(settings: SearchSettings) -> dict[str, Any]:
         key["mcts"] = {"expand_k": m.expand_k, "c_puct": m.c_puct, "rollout_depth": m.rollout_depth}
         if m.critic_weight > 0:  # only when used: ids of searches without a critic stay as they were
             key["mcts"] |= {"critic_weight": m.critic_weight, "critic": m.critic}
+    if settings.method == "best_first":  # what it reads of the mcts settings
+        m = settings.mcts
+        key["best_first"] = {"expand_k": m.expand_k}
+        if m.critic_weight > 0:
+            key["best_first"] |= {"critic_weight": m.critic_weight, "critic": m.critic}
     return key
 
 
