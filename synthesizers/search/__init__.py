@@ -2,7 +2,8 @@
 one budget, so their comparisons are fair. A method is its module and one line in METHODS:
 
 - `rollout`, `best_of_n` (best_of_n.py): independent episodes of the policy;
-- `mcts` (mcts.py): Monte Carlo Tree Search as in Agent Q.
+- `mcts` (mcts.py): Monte Carlo Tree Search as in Agent Q;
+- `particle` (particle.py): particle filtering (Puri et al.), N partial trajectories resampled by value.
 
 The other modules: settings.py (what a search is given), results.py (what it returns),
 navigator.py (stepping along action prefixes), identity.py (its key and seed), metering.py
@@ -20,6 +21,7 @@ from trajforge.synthesizers.search.identity import search_key, search_seed
 from trajforge.synthesizers.search.mcts import MCTS, run_mcts
 from trajforge.synthesizers.search.metering import TokenMeter, charge, usage
 from trajforge.synthesizers.search.navigator import BudgetSpent, Navigator, Visit
+from trajforge.synthesizers.search.particle import run_particles
 from trajforge.synthesizers.search.results import Node, Path_, SearchResult, path_rank
 from trajforge.synthesizers.search.settings import (
     MAX_OBSERVATION_CHARS,
@@ -35,6 +37,7 @@ METHODS: dict[str, Method] = {
     "rollout": sample_rollouts,
     "best_of_n": sample_rollouts,
     "mcts": run_mcts,
+    "particle": run_particles,
 }
 
 
@@ -46,8 +49,8 @@ def search(
     seed: int,
     critic: Critic | None = None,
 ) -> SearchResult:
-    """`critic` is used by MCTS when settings.mcts.critic_weight > 0; its tokens count as the
-    search's, like the policy's."""
+    """`critic` is used by MCTS and particle when settings.mcts.critic_weight > 0; its tokens
+    count as the search's, like the policy's."""
     before = usage(policy, critic)
     result = METHODS[settings.method](env, task, policy, settings, seed, critic)
     charge(result, before, usage(policy, critic))

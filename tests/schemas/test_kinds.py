@@ -60,16 +60,16 @@ def _batch(searches, task_sources, pair_sources) -> dict:
 
 
 def test_the_cli_offers_exactly_the_declared_search_methods():
-    help_text = CliRunner().invoke(app, ["run", "--help"]).output
+    help_text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output  # unwrapped
     assert f"<{'|'.join(values(SearchMethod))}>" in help_text
-    assert values(SearchMethod) == ("rollout", "best_of_n", "mcts")
+    assert values(SearchMethod) == ("rollout", "best_of_n", "mcts", "particle")
 
 
 def test_an_unknown_search_flag_exits_2_listing_the_methods():
     result = CliRunner().invoke(app, ["run", "--search", "beam", "--out", "unused"])
     assert result.exit_code == 2
     message = " ".join(result.output.replace("│", " ").split())  # typer's box, unwrapped
-    assert "'beam' is not one of 'rollout', 'best_of_n', 'mcts'" in message
+    assert "'beam' is not one of 'rollout', 'best_of_n', 'mcts', 'particle'" in message
 
 
 @pytest.mark.parametrize("method", values(SearchMethod))
@@ -80,7 +80,7 @@ def test_the_config_accepts_each_declared_search_method(method):
 def test_an_unknown_search_method_in_the_config_is_one_line_naming_the_methods():
     with pytest.raises(ConfigError) as exc:
         load_config(search="beam")
-    expected = "search: 'beam' is invalid: Input should be 'rollout', 'best_of_n' or 'mcts'"
+    expected = "search: 'beam' is invalid: Input should be 'rollout', 'best_of_n', 'mcts' or 'particle'"
     assert str(exc.value).startswith(expected)
 
 
