@@ -64,35 +64,36 @@ def run_particles(
     def value(p: Particle) -> float:
         return p.reward if p.critic is None else (1 - w) * p.reward + w * p.critic
 
-    stop = "particles_done"
-    try:
-        while live:
-            moved = []
-            for p in live:
-                if len(p.steps) >= settings.max_steps:
-                    finish(p, "max_steps")
-                    continue
-                if not p.visit.admissible:
-                    finish(p, "no_admissible_action")
-                    continue
-                if time.monotonic() - start > budget.wall_s:
-                    raise _Stop("wall_s")
-                if tokens.spent():
-                    raise _Stop("tokens")
-                p, decision = _advance(p, nav, env, policy, reset.instruction, rng, critic, feedback)
+    def out_of_budget() -> str | None:
+        if time.monotonic() - start > budget.wall_s:
+            return "wall_s"
+        return "tokens" if tokens.spent() else None
+
+    stop = None
+    while live and stop is None:
+        moved: list[Particle] = []
+        for i, p in enumerate(live):
+            if len(p.steps) >= settings.max_steps or not p.visit.admissible:
+                finish(p, "max_steps" if p.visit.admissible else "no_admissible_action")
+                continue
+            try:
+                stop = out_of_budget()
+                if stop is None:
+                    p, decision = _advance(p, nav, env, policy, reset.instruction, rng, critic, feedback)
+            except BudgetSpent:
+                stop = "env_steps"
+            if stop is not None:  # what the particles got to is what the search found
+                for q in moved + live[i:]:
+                    finish(q, "search_budget")
+                break
+            result.tokens_in += decision.tokens_in  # without a metered client; `search` charges one's
+            result.tokens_out += decision.tokens_out
+            if p.visit.done:
+                finish(p, "done")
+            else:
                 moved.append(p)
-                result.tokens_in += decision.tokens_in  # without a metered client; `search` charges one's
-                result.tokens_out += decision.tokens_out
-                if p.visit.done:
-                    finish(p, "done")
-            live = _resample([p for p in moved if not p.visit.done], value, n, rng)
-    except BudgetSpent:
-        stop = "env_steps"
-    except _Stop as why:
-        stop = str(why)
-    if stop != "particles_done":
-        for p in live:  # the particles the budget stopped: what the search got to
-            finish(p, "search_budget")
+        else:
+            live = _resample(moved, value, n, rng)
     if not finished:
         finish(Particle((), (), first), "search_budget")
     result.paths = sorted(finished.values(), key=path_rank)
@@ -101,13 +102,9 @@ def run_particles(
         path.screenshots = {
             i: shot for i in range(len(path.key) + 1) if (shot := _screenshot(nav, path.key[:i])) is not None
         }
-    result.env_steps, result.stop_reason = nav.env_steps, stop
+    result.env_steps, result.stop_reason = nav.env_steps, stop or "particles_done"
     result.wall_s = time.monotonic() - start
     return result
-
-
-class _Stop(Exception):
-    """A budget other than env steps ran out (its name is the message)."""
 
 
 def _advance(

@@ -126,3 +126,24 @@ def test_its_identity_holds_the_particle_count_and_the_critic_only_when_used():
 
 def test_particle_is_a_declared_method_with_an_implementation():
     assert "particle" in values(SearchMethod) and set(METHODS) == set(values(SearchMethod))
+
+
+def test_its_rows_are_every_finished_path_named_by_rank_and_mined_into_trajectory_pairs():
+    from trajforge.schemas import ids
+    from trajforge.synthesizers.pairs import trajectory_pairs
+    from trajforge.synthesizers.records import TRAJECTORIES, item_key, search_records
+
+    settings = SearchSettings(method="particle", max_steps=8, samples=12, budget=Budget(env_steps=400))
+    task = {"task_id": "t", "env": "toy", "env_task": "corridor-3-1", "seed": 2}
+    result = search(ToyEnvironment(), TaskSpec("corridor-3-1", 2), RandomPolicy(), settings, seed=5)
+    key = item_key("random", settings)
+    made = search_records(task, "random", key, result, settings, run_id="r")
+    assert {table for table, _ in made} == {TRAJECTORIES}  # no tree: no nodes, no sibling pairs
+    rows = [row for _, row in made]
+    assert [r["trajectory_id"] for r in rows] == [
+        ids.trajectory_id("t", "random", key, i) for i in range(len(rows))
+    ]
+    assert len(rows) == len(result.paths) and sum(r["env_steps"] for r in rows) == result.env_steps
+    assert all(r["search"] == "particle" for r in rows)
+    assert any(r["success"] for r in rows) and any(not r["success"] for r in rows)
+    assert trajectory_pairs(rows, max_pairs=3)
