@@ -39,6 +39,13 @@ METHODS: dict[str, Method] = {
     "mcts": run_mcts,
     "particle": run_particles,
 }
+CRITIC_METHODS = ("mcts", "particle")  # the methods that weigh a critic's values (mcts.critic_weight)
+
+
+def consults_critic(settings: SearchSettings) -> bool:
+    """Whether a search with these settings asks a critic, so a run must give it one."""
+    m = settings.mcts
+    return settings.method in CRITIC_METHODS and m.critic_weight > 0 and bool(m.critic)
 
 
 def search(
@@ -74,6 +81,7 @@ __all__ = [
     "SearchSettings",
     "TokenMeter",
     "Visit",
+    "consults_critic",
     "path_rank",
     "run_mcts",
     "sample_rollouts",

@@ -147,3 +147,13 @@ def test_its_rows_are_every_finished_path_named_by_rank_and_mined_into_trajector
     assert all(r["search"] == "particle" for r in rows)
     assert any(r["success"] for r in rows) and any(not r["success"] for r in rows)
     assert trajectory_pairs(rows, max_pairs=3)
+
+
+def test_a_run_gives_particle_its_critic_like_mcts_and_no_other_method():
+    from trajforge.synthesizers.search import consults_critic
+
+    weighted = MCTSSettings(critic_weight=0.5, critic="judge")
+    assert consults_critic(SearchSettings(method="particle", mcts=weighted))
+    assert consults_critic(SearchSettings(method="mcts", mcts=weighted))
+    assert not consults_critic(SearchSettings(method="best_of_n", mcts=weighted))
+    assert not consults_critic(SearchSettings(method="particle", mcts=MCTSSettings(critic="judge")))
