@@ -4,7 +4,8 @@
     .venv/bin/python bench/search.py --env miniwob [--seeds 3] [--prior both] [--task-list a,b]
 
 Table 1: tasks solved (a verified success), env steps, preference pairs, wall time for
-rollout, best_of_n and MCTS (uniform prior, random rollouts), each with the random policy.
+rollout, best_of_n, MCTS (uniform prior, random rollouts) and particle filtering (as many
+particles as best_of_n's samples, weighted by reward so far), each with the random policy.
 Table 2: the same number of MCTS simulations with snapshot/restore and with replay from
 reset (the trees are identical; only the cost differs).
 With --env miniwob: MCTS on MiniWoB++'s default tasks and run defaults (400 env steps per task,
@@ -127,6 +128,7 @@ def main() -> None:
             "best_of_n", args.max_steps, max(1, args.budget // args.max_steps), budget
         ),
         "mcts": SearchSettings("mcts", args.max_steps, 1, budget, mcts),
+        "particle": SearchSettings("particle", args.max_steps, max(1, args.budget // args.max_steps), budget),
     }
     print(
         f"\nsearch benchmark: {args.tasks} tw-cooking games ({env.settings}),"
@@ -138,7 +140,8 @@ def main() -> None:
         r = results[name] = run_method(env, specs, settings)
         print(f"{name:<12}{r['solved']:>8}{r['steps']:>11}{r['pairs']:>7}{r['wall']:>8.1f}")
     base = max(results["best_of_n"]["solved"], 1)
-    print(f"mcts solves {results['mcts']['solved'] / base:.1f}x as many tasks as best_of_n")
+    for name in ("mcts", "particle"):
+        print(f"{name} solves {results[name]['solved'] / base:.1f}x as many tasks as best_of_n")
 
     print(f"\nbranching: {args.sims} MCTS simulations per task, rollout depth {args.rollout_depth}")
     print(f"{'branching':<12}{'env steps':>11}{'wall s':>8}")
