@@ -3,8 +3,9 @@ trajectories (N = settings.samples) advance in lockstep, one policy action each 
 is weighted by its value, exp(value / TEMPERATURE), and the live ones are resampled (systematic
 resampling) back to N before the next step. A particle's value is its reward so far, mixed with
 the critic's value of its last action when a critic is given and settings.mcts.critic_weight
-w > 0: (1 - w) * reward + w * critic. Finished particles (done, max_steps, nothing admissible)
-are kept as paths. Particles share prefixes after resampling: the Navigator steps a prefix once.
+w > 0: (1 - w) * reward + w * critic (an action it has no opinion on: its reward alone).
+Finished particles (done, max_steps, nothing admissible) are kept as paths. Particles share
+prefixes after resampling: the Navigator steps each prefix once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from trajforge.environments.base import Environment, TaskSpec
@@ -141,7 +143,9 @@ def _advance(
     return Particle(key, steps, visit, p.reward + visit.reward, value), decision
 
 
-def _resample(live: list[Particle], value, n: int, rng: random.Random) -> list[Particle]:
+def _resample(
+    live: list[Particle], value: Callable[[Particle], float], n: int, rng: random.Random
+) -> list[Particle]:
     """n particles drawn from `live` by systematic resampling on exp(value / TEMPERATURE): one
     uniform draw, so equal weights keep every particle once."""
     if not live:
