@@ -157,3 +157,19 @@ def test_a_run_gives_particle_its_critic_like_mcts_and_no_other_method():
     assert consults_critic(SearchSettings(method="mcts", mcts=weighted))
     assert not consults_critic(SearchSettings(method="best_of_n", mcts=weighted))
     assert not consults_critic(SearchSettings(method="particle", mcts=MCTSSettings(critic="judge")))
+
+
+def test_an_oracle_particle_reads_the_state_of_its_own_prefix():
+    from trajforge.synthesizers.policies import OraclePolicy
+
+    for branching in ("snapshot", "replay"):
+        settings = SearchSettings(
+            method="particle", max_steps=20, samples=4, mcts=MCTSSettings(branching=branching)
+        )
+        result = search(ToyEnvironment(max_length=6), TASK, OraclePolicy(), settings, seed=1)
+        assert [p.key for p in result.paths] == [
+            ("go east",) * 3 + ("take key", "go east", "go east", "open door")
+        ]
+        assert result.paths[0].success
+        if branching == "snapshot":
+            assert result.env_steps == 7  # four particles, one line of play, each step stepped once
