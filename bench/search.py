@@ -4,7 +4,8 @@
     .venv/bin/python bench/search.py --env miniwob [--seeds 3] [--prior both] [--task-list a,b]
 
 Table 1: tasks solved (a verified success), env steps, preference pairs, wall time for
-rollout, best_of_n, MCTS (uniform prior, random rollouts) and best_first (uniform prior), each
+rollout, best_of_n, MCTS (uniform prior, random rollouts), best_first (uniform prior) and
+particle filtering (as many particles as best_of_n's samples, weighted by reward so far), each
 with the random policy.
 Table 2: the same number of MCTS simulations with snapshot/restore and with replay from
 reset (the trees are identical; only the cost differs).
@@ -129,6 +130,7 @@ def main() -> None:
         ),
         "mcts": SearchSettings("mcts", args.max_steps, 1, budget, mcts),
         "best_first": SearchSettings("best_first", args.max_steps, 1, budget, mcts),
+        "particle": SearchSettings("particle", args.max_steps, max(1, args.budget // args.max_steps), budget),
     }
     print(
         f"\nsearch benchmark: {args.tasks} tw-cooking games ({env.settings}),"
@@ -140,7 +142,8 @@ def main() -> None:
         r = results[name] = run_method(env, specs, settings)
         print(f"{name:<12}{r['solved']:>8}{r['steps']:>11}{r['pairs']:>7}{r['wall']:>8.1f}")
     base = max(results["best_of_n"]["solved"], 1)
-    print(f"mcts solves {results['mcts']['solved'] / base:.1f}x as many tasks as best_of_n")
+    for name in ("mcts", "particle"):
+        print(f"{name} solves {results[name]['solved'] / base:.1f}x as many tasks as best_of_n")
 
     print(f"\nbranching: {args.sims} MCTS simulations per task, rollout depth {args.rollout_depth}")
     print(f"{'branching':<12}{'env steps':>11}{'wall s':>8}")

@@ -48,7 +48,7 @@ from trajforge.schemas.records import Failure, Task  # noqa: E402
 from trajforge.synthesizers import records  # noqa: E402
 from trajforge.synthesizers.pairs import trajectory_pairs  # noqa: E402
 from trajforge.synthesizers.policies import make_policy  # noqa: E402
-from trajforge.synthesizers.search import search, search_key, search_seed  # noqa: E402
+from trajforge.synthesizers.search import consults_critic, search, search_key, search_seed  # noqa: E402
 from trajforge.validators.verifier import environment_verdict  # noqa: E402
 
 FAILURES, NODES, PAIRS, ARTIFACTS, COUNTS = "failures", "nodes", "pairs", "artifacts", records.COUNTS
@@ -174,10 +174,9 @@ class Search(_EnvDoFn):
         return policies[spec]
 
     def critic(self) -> Any:
-        """The thread's critic model (Agent Q's AI feedback), when the search mixes one in (mcts,
-        best_first; the others never ask it)."""
+        """The thread's critic model (Agent Q's AI feedback), when the search mixes one in."""
         m = self.spec.settings.mcts
-        if m.critic_weight <= 0 or not m.critic:
+        if not consults_critic(self.spec.settings):
             return None
         if getattr(self._local, "critic", None) is None:
             from trajforge.validators.critic import make_critic

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-SearchMethod = Literal["rollout", "best_of_n", "mcts", "best_first"]
+SearchMethod = Literal["rollout", "best_of_n", "mcts", "best_first", "particle"]
 TaskSource = Literal["env", "template", "explored", "curriculum"]
 PairSource = Literal["mcts_sibling", "trajectory", "revision"]
 

@@ -4,6 +4,7 @@ one budget, so their comparisons are fair. A method is its module and one line i
 - `rollout`, `best_of_n` (best_of_n.py): independent episodes of the policy;
 - `mcts` (mcts.py): Monte Carlo Tree Search as in Agent Q;
 - `best_first` (best_first.py): A*-style best-first search as in ToolChain*.
+- `particle` (particle.py): particle filtering (Puri et al.), N partial trajectories resampled by value.
 
 The other modules: settings.py (what a search is given), results.py (what it returns),
 navigator.py (stepping along action prefixes), identity.py (its key and seed), metering.py
@@ -22,6 +23,7 @@ from trajforge.synthesizers.search.identity import search_key, search_seed
 from trajforge.synthesizers.search.mcts import MCTS, run_mcts
 from trajforge.synthesizers.search.metering import TokenMeter, charge, usage
 from trajforge.synthesizers.search.navigator import BudgetSpent, Navigator, Visit
+from trajforge.synthesizers.search.particle import run_particles
 from trajforge.synthesizers.search.results import Node, Path_, SearchResult, path_rank
 from trajforge.synthesizers.search.settings import (
     MAX_OBSERVATION_CHARS,
@@ -38,7 +40,16 @@ METHODS: dict[str, Method] = {
     "best_of_n": sample_rollouts,
     "mcts": run_mcts,
     "best_first": run_best_first,
+    "particle": run_particles,
 }
+# The methods that weigh a critic's values (mcts.critic_weight).
+CRITIC_METHODS = ("mcts", "best_first", "particle")
+
+
+def consults_critic(settings: SearchSettings) -> bool:
+    """Whether a search with these settings asks a critic, so a run must give it one."""
+    m = settings.mcts
+    return settings.method in CRITIC_METHODS and m.critic_weight > 0 and bool(m.critic)
 
 
 def search(
@@ -49,8 +60,8 @@ def search(
     seed: int,
     critic: Critic | None = None,
 ) -> SearchResult:
-    """`critic` is used by MCTS and best_first when settings.mcts.critic_weight > 0; its tokens count as the
-    search's, like the policy's."""
+    """`critic` is used by the methods of CRITIC_METHODS when settings.mcts.critic_weight > 0; its
+    tokens count as the search's, like the policy's."""
     before = usage(policy, critic)
     result = METHODS[settings.method](env, task, policy, settings, seed, critic)
     charge(result, before, usage(policy, critic))
@@ -74,6 +85,7 @@ __all__ = [
     "SearchSettings",
     "TokenMeter",
     "Visit",
+    "consults_critic",
     "path_rank",
     "run_best_first",
     "run_mcts",

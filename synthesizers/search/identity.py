@@ -16,7 +16,7 @@ def search_key(settings: SearchSettings) -> dict[str, Any]:
         key["budget"] = {"env_steps": settings.budget.env_steps, "simulations": settings.budget.simulations}
         if settings.budget.tokens is not None:  # only when set: ids of unbounded runs stay as they were
             key["budget"]["tokens"] = settings.budget.tokens
-    if settings.method == "best_of_n":
+    if settings.method in ("best_of_n", "particle"):
         key["samples"] = settings.samples
     if settings.max_observation_chars != MAX_OBSERVATION_CHARS:  # ids of default runs stay as they were
         key["max_observation_chars"] = settings.max_observation_chars
@@ -30,6 +30,8 @@ def search_key(settings: SearchSettings) -> dict[str, Any]:
         key["best_first"] = {"expand_k": m.expand_k}
         if m.critic_weight > 0:
             key["best_first"] |= {"critic_weight": m.critic_weight, "critic": m.critic}
+    if settings.method == "particle" and settings.mcts.critic_weight > 0:  # the particles' values
+        key["critic"] = {"critic_weight": settings.mcts.critic_weight, "critic": settings.mcts.critic}
     return key
 
 

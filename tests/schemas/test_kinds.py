@@ -62,14 +62,14 @@ def _batch(searches, task_sources, pair_sources) -> dict:
 def test_the_cli_offers_exactly_the_declared_search_methods():
     help_text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output  # unwrapped
     assert f"<{'|'.join(values(SearchMethod))}>" in help_text
-    assert values(SearchMethod) == ("rollout", "best_of_n", "mcts", "best_first")
+    assert values(SearchMethod) == ("rollout", "best_of_n", "mcts", "best_first", "particle")
 
 
 def test_an_unknown_search_flag_exits_2_listing_the_methods():
     result = CliRunner().invoke(app, ["run", "--search", "beam", "--out", "unused"])
     assert result.exit_code == 2
     message = " ".join(result.output.replace("│", " ").split())  # typer's box, unwrapped
-    assert "'beam' is not one of 'rollout', 'best_of_n', 'mcts', 'best_first'" in message
+    assert "'beam' is not one of 'rollout', 'best_of_n', 'mcts', 'best_first', 'particle'" in message
 
 
 @pytest.mark.parametrize("method", values(SearchMethod))
@@ -80,7 +80,10 @@ def test_the_config_accepts_each_declared_search_method(method):
 def test_an_unknown_search_method_in_the_config_is_one_line_naming_the_methods():
     with pytest.raises(ConfigError) as exc:
         load_config(search="beam")
-    expected = "search: 'beam' is invalid: Input should be 'rollout', 'best_of_n', 'mcts' or 'best_first'"
+    expected = (
+        "search: 'beam' is invalid: Input should be "
+        "'rollout', 'best_of_n', 'mcts', 'best_first' or 'particle'"
+    )
     assert str(exc.value).startswith(expected)
 
 

@@ -14,7 +14,7 @@ from trajforge.synthesizers.search import Budget, MCTSSettings, SearchSettings, 
 TASK = TaskSpec("corridor-4-2", seed=3)
 
 
-@pytest.mark.parametrize("method", ["best_of_n", "mcts"])
+@pytest.mark.parametrize("method", ["best_of_n", "mcts", "particle"])
 def test_a_replayed_search_stops_where_the_paid_one_did(tiny_server, tmp_path, method):
     spec = f"openai:{tiny_server.url}#{tiny_server.name}"
     settings = SearchSettings(

@@ -166,7 +166,7 @@ class MeteredRandom(RandomPolicy):
         return super().act(ctx)
 
 
-@pytest.mark.parametrize("method", ["best_of_n", "mcts"])
+@pytest.mark.parametrize("method", ["best_of_n", "mcts", "particle"])
 def test_a_token_budget_stops_the_search(method):
     settings = SearchSettings(
         method=method,
@@ -188,7 +188,7 @@ def test_a_token_budget_stops_the_search(method):
     assert unbounded.tokens_in > 2000
     # Checked between steps: at most one action's tokens past the limit.
     assert 1000 <= bounded.tokens_in <= 1100
-    if method == "mcts":
+    if method in ("mcts", "particle"):
         assert bounded.stop_reason == "tokens"
     else:
         assert bounded.paths[-1].stop_reason == "tokens" or len(bounded.paths) < 50
@@ -255,7 +255,7 @@ class SeeingPolicy(RandomPolicy):
         return super().act(ctx)
 
 
-@pytest.mark.parametrize("method", ["rollout", "best_of_n", "mcts"])
+@pytest.mark.parametrize("method", ["rollout", "best_of_n", "mcts", "particle"])
 def test_a_huge_observation_is_cut_to_the_cap_in_rows_and_prompts(method):
     env = ToyEnvironment(max_length=3, wall_text=200_000)
     cap = 1_000
