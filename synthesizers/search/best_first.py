@@ -93,16 +93,7 @@ class BestFirst(MCTS):
                 break
             if not node.terminal and node.depth < self.settings.max_steps:
                 self._expand(node, frontier)
-        return SearchResult(
-            paths=self._paths(),
-            nodes=list(self._walk(root)),
-            env_steps=self.nav.env_steps,
-            simulations=pops,
-            wall_s=time.monotonic() - start,
-            instruction=self.instruction,
-            stop_reason=stop,
-            root=root,
-        )
+        return self._result(root, pops, start, stop)
 
     def _expand(self, node: Node, frontier: list[tuple[float, float, int, Node]]) -> None:
         node.children = self._candidates(node)

@@ -79,11 +79,15 @@ class MCTS:
             if root.visits and self._exhausted(root):
                 stop = "tree_exhausted"
                 break
+        return self._result(root, sims, start, stop)
+
+    def _result(self, root: Node, simulations: int, start: float, stop: str) -> SearchResult:
+        """The tree as a search's result: its paths (best first), every node, what it spent."""
         return SearchResult(
             paths=self._paths(),
             nodes=list(self._walk(root)),
             env_steps=self.nav.env_steps,
-            simulations=sims,
+            simulations=simulations,
             wall_s=time.monotonic() - start,
             instruction=self.instruction,
             stop_reason=stop,
