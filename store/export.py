@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trajforge.schemas.conversation import messages
-from trajforge.store.lake import Lake, LakeError, ReadOnlyError, parse_select, render_select
+from trajforge.store.lake import Lake, LakeError
+from trajforge.store.sql_guard import ReadOnlyError, parse_select, render_select
 
 # Every export carries this file; --overwrite replaces only a folder that has it.
 MARKER = ".trajforge-export.json"

@@ -4,7 +4,7 @@ One in-memory DuckDB connection per `Lake`, with the packaged ducklake extension
 (nothing is ever downloaded). Writes go through `commit`, which adds only rows whose primary key
 the lake does not hold yet, all tables in one transaction, so a retried or rerun bundle adds
 nothing twice. Reads go through `sql`, which refuses anything but queries (checked on DuckDB's
-parse tree); a read-only lake is also sandboxed: DuckDB may read files under `{out}/lake/` only.
+parse tree, sql_guard.py); a read-only lake is also sandboxed: DuckDB may read files under `{out}/lake/` only.
 
 The catalog is the truth: a file under `lake/` that the catalog does not list belongs to a commit
 that never happened; a writer's open deletes such orphans once they are old enough.
@@ -15,11 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,14 +28,12 @@ import pyarrow as pa
 
 from trajforge.schemas.arrow import RUNS, TABLES, to_table
 from trajforge.schemas.errors import LakeError
+from trajforge.store.duck import connect, duck_type, extension_path, first_line, literal, quote
+from trajforge.store.sql_guard import ReadOnlyError as ReadOnlyError  # its old import path
+from trajforge.store.sql_guard import outside_sandbox, read_statements, sandbox
 
 CATALOG = "catalog.ducklake"
 DATA_DIR = "lake"
-
-_CONFIG = {
-    "autoinstall_known_extensions": "false",
-    "autoload_known_extensions": "false",
-}
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +46,6 @@ READER_LOCK_TIMEOUT_S = 10.0
 # PostgreSQL, or a long transaction) out of reach: no commit takes an hour between write and commit.
 ORPHAN_MIN_AGE_S = 3600.0
 
-_SCALARS: dict[pa.DataType, str] = {
-    pa.string(): "VARCHAR",
-    pa.large_string(): "VARCHAR",
-    pa.bool_(): "BOOLEAN",
-    pa.int32(): "INTEGER",
-    pa.int64(): "BIGINT",
-    pa.float32(): "FLOAT",
-    pa.float64(): "DOUBLE",
-    pa.binary(): "BLOB",
-    pa.large_binary(): "BLOB",
-}
-
 STEPS_VIEW = """
 CREATE VIEW IF NOT EXISTS lake.steps AS
 SELECT trajectory_id, task_id, env, search, policy, run_id,
@@ -69,81 +53,6 @@ SELECT trajectory_id, task_id, env, search, policy, run_id,
        success
 FROM (SELECT *, UNNEST(steps) AS s FROM trajectories)
 """
-
-_READ_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-_EXPLAIN_PREFIX = re.compile(r"^\s*explain\s+(analy[sz]e\s+|\([^)]*\)\s*)?", re.IGNORECASE)
-# DuckLake's functions that change the lake or delete its files.
-_MAINTENANCE = frozenset(
-    {
-        "add_data_files",
-        "cleanup_old_files",
-        "delete_orphaned_files",
-        "expire_snapshots",
-        "flush_inlined_data",
-        "merge_adjacent_files",
-        "rewrite_data_files",
-        "set_commit_message",
-        "set_option",
-        "commit",
-    }
-)
-# The table functions a read may call (others run SQL text unchecked, checkpoint, import, ...).
-# File readers are listed: the sandbox confines them to the lake's folder.
-_READ_TABLE_FUNCTIONS = frozenset(
-    {
-        # DuckLake's read functions, as lake.NAME() or ducklake_NAME('lake')
-        "snapshots",
-        "current_snapshot",
-        "last_committed_snapshot",
-        "table_info",
-        "table_changes",
-        "table_insertions",
-        "table_deletions",
-        "list_files",
-        "options",
-        "settings",
-        # rows out of values
-        "range",
-        "generate_series",
-        "unnest",
-        "repeat",
-        "repeat_row",
-        "json_each",
-        "json_tree",
-        # catalog metadata
-        "show",
-        "show_databases",
-        "show_tables",
-        "show_tables_expanded",
-        "summary",
-        "pragma_table_info",
-        "pragma_show",
-        "pragma_version",
-        "pragma_storage_info",
-        "storage_info",
-        "functions",
-        "version",
-        # files (sandboxed)
-        "read_parquet",
-        "parquet_scan",
-        "parquet_metadata",
-        "parquet_schema",
-        "parquet_file_metadata",
-        "parquet_kv_metadata",
-        "read_csv",
-        "read_csv_auto",
-        "read_json",
-        "read_json_auto",
-        "read_ndjson",
-        "read_text",
-        "read_blob",
-        "glob",
-    }
-)
-
-
-class ReadOnlyError(LakeError):
-    """A statement that would change the lake, sent down the read-only path."""
 
 
 class QueryTimeout(LakeError):
@@ -164,123 +73,11 @@ class CommitResult:
     added: dict[str, int] = field(default_factory=dict)
 
 
-def extension_path() -> Path:
-    """The ducklake extension shipped by the `duckdb-extension-ducklake` wheel for this duckdb."""
-    version = duckdb.__version__
-    fix = f"install it with: pip install duckdb-extension-ducklake=={version}"
-    try:
-        import duckdb_extension_ducklake
-    except ImportError as exc:
-        raise LakeError(f"the packaged ducklake extension is missing; {fix}") from exc
-    root = Path(duckdb_extension_ducklake.__file__).parent
-    path = root / "extensions" / f"v{version}" / "ducklake.duckdb_extension"
-    if not path.is_file():
-        raise LakeError(f"no ducklake extension for duckdb {version} at {path}; {fix}")
-    return path
-
-
-def duck_type(arrow_type: pa.DataType) -> str:
-    """The DuckDB type that round-trips `arrow_type`."""
-    if pa.types.is_map(arrow_type):
-        return f"MAP({duck_type(arrow_type.key_type)}, {duck_type(arrow_type.item_type)})"
-    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
-        return f"{duck_type(arrow_type.value_type)}[]"
-    if pa.types.is_struct(arrow_type):
-        fields = ", ".join(f"{_quote(f.name)} {duck_type(f.type)}" for f in arrow_type)
-        return f"STRUCT({fields})"
-    if pa.types.is_timestamp(arrow_type):
-        return "TIMESTAMPTZ" if arrow_type.tz else "TIMESTAMP"
-    try:
-        return _SCALARS[arrow_type]
-    except KeyError:
-        raise TypeError(f"no DuckDB type for Arrow type {arrow_type}") from None
-
-
 def create_table_sql(name: str, schema: pa.Schema, key: str) -> str:
     columns = ", ".join(
-        f"{_quote(f.name)} {duck_type(f.type)}{' NOT NULL' if f.name == key else ''}" for f in schema
+        f"{quote(f.name)} {duck_type(f.type)}{' NOT NULL' if f.name == key else ''}" for f in schema
     )
-    return f"CREATE TABLE IF NOT EXISTS lake.{_quote(name)} ({columns})"
-
-
-def read_statements(query: str) -> list[str]:
-    """The statements of `query`, or ReadOnlyError if any of them is not a read."""
-    try:
-        statements = duckdb.extract_statements(query)
-    except duckdb.Error as exc:
-        raise LakeError(f"cannot parse the query: {_first_line(exc)}") from exc
-    if not statements:
-        raise LakeError("the query is empty")
-    for statement in statements:
-        _check_read(statement)
-    return [s.query for s in statements]
-
-
-def _check_read(statement: duckdb.Statement) -> None:
-    kind = statement.type
-    if kind not in _READ_TYPES:
-        raise ReadOnlyError(
-            f"trajforge sql is read-only: {kind.name} statements are refused; "
-            "use SELECT, DESCRIBE, SHOW or EXPLAIN"
-        )
-    if kind == duckdb.StatementType.EXPLAIN:
-        # EXPLAIN ANALYZE runs the statement it explains: check that one too.
-        for inner in duckdb.extract_statements(_EXPLAIN_PREFIX.sub("", statement.query, 1)):
-            _check_read(inner)
-        return
-    for name, is_table in _functions(parse_select(statement.query)):
-        base = name.lower().removeprefix("ducklake_")
-        if base in _MAINTENANCE:
-            raise ReadOnlyError(f"trajforge sql is read-only: {name}() changes the lake and is refused")
-        if is_table and not (base in _READ_TABLE_FUNCTIONS or base.startswith("duckdb_")):
-            raise ReadOnlyError(
-                f"trajforge sql is read-only: the table function {name}() is refused; "
-                "read the lake's tables and views, or lake.snapshots(), lake.table_info()"
-            )
-
-
-def parse_select(query: str) -> list[dict[str, Any]]:
-    """DuckDB's parse tree of `query` (SELECT statements only) as JSON-like dicts."""
-    con = duckdb.connect(":memory:", config=_CONFIG)
-    try:
-        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
-    finally:
-        con.close()
-    if tree.get("error"):
-        message = tree.get("error_message", "")
-        if "Only SELECT" in message:
-            raise ReadOnlyError(
-                "trajforge sql is read-only: this statement cannot be checked as a plain SELECT "
-                "(PIVOT, for one) and is refused"
-            )
-        raise LakeError(f"cannot parse the query: {message}")
-    return tree["statements"]
-
-
-def render_select(statement: dict[str, Any]) -> str:
-    """SQL text that DuckDB renders back from a parse tree of `parse_select`."""
-    tree = json.dumps({"error": False, "statements": [statement]})
-    con = duckdb.connect(":memory:", config=_CONFIG)
-    try:
-        return str(con.execute("SELECT json_deserialize_sql(?::JSON)", [tree]).fetchone()[0])
-    except duckdb.Error as exc:
-        raise LakeError(f"cannot render the query: {_first_line(exc)}") from exc
-    finally:
-        con.close()
-
-
-def _functions(node: Any) -> Iterator[tuple[str, bool]]:
-    """(name, is a table function) of every function called anywhere in a parse tree."""
-    if isinstance(node, dict):
-        if node.get("type") == "TABLE_FUNCTION" and isinstance(node.get("function"), dict):
-            yield str(node["function"].get("function_name", "")), True
-        elif "function_name" in node:
-            yield str(node["function_name"]), False
-        for value in node.values():
-            yield from _functions(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _functions(value)
+    return f"CREATE TABLE IF NOT EXISTS lake.{quote(name)} ({columns})"
 
 
 class Lake:
@@ -340,9 +137,9 @@ class Lake:
     @classmethod
     def _open_once(cls, out: Path, read_only: bool, snapshot: int | None, memory_limit: str | None) -> Lake:
         path = extension_path()
-        con = duckdb.connect(":memory:", config=_CONFIG)
+        con = connect()
         try:
-            con.execute(f"LOAD {_literal(str(path))}")
+            con.execute(f"LOAD {literal(str(path))}")
             con.execute("SET TimeZone = 'UTC'")
             if not read_only:
                 out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +147,7 @@ class Lake:
             con.execute("USE lake")
             lake = cls(con, out, read_only)
             if read_only:
-                _sandbox(con, out, memory_limit)
+                sandbox(con, out / DATA_DIR, memory_limit)
             else:
                 lake._create_tables()
                 lake._delete_orphans()
@@ -408,8 +205,8 @@ class Lake:
         present = {row[0] for row in rows}
         for f in schema:
             if f.name not in present:
-                column = f"{_quote(f.name)} {duck_type(f.type)}"
-                self._con.execute(f"ALTER TABLE lake.{_quote(name)} ADD COLUMN {column}")
+                column = f"{quote(f.name)} {duck_type(f.type)}"
+                self._con.execute(f"ALTER TABLE lake.{quote(name)} ADD COLUMN {column}")
 
     def commit(self, tables: dict[str, pa.Table], run: dict[str, Any]) -> CommitResult:
         """Add the rows whose primary keys are new, plus the run row, as one snapshot.
@@ -433,14 +230,14 @@ class Lake:
             self._con.execute("COMMIT")
         except Exception as exc:
             self._rollback()
-            raise LakeError(f"commit failed, the lake is unchanged: {_first_line(exc)}") from exc
+            raise LakeError(f"commit failed, the lake is unchanged: {first_line(exc)}") from exc
         return CommitResult(self._last_committed_snapshot(), added)
 
     def _insert_new(self, name: str, batch: pa.Table) -> int:
         if batch.num_rows == 0:
             return 0
-        table, key = f"lake.{_quote(name)}", _quote(TABLES[name][1])
-        columns = ", ".join(_quote(c) for c in batch.column_names)
+        table, key = f"lake.{quote(name)}", quote(TABLES[name][1])
+        columns = ", ".join(quote(c) for c in batch.column_names)
         incoming = batch.append_column("__order", pa.array(range(batch.num_rows), pa.int64()))
         self._con.register("__incoming", incoming)
         try:
@@ -489,9 +286,9 @@ class Lake:
         except duckdb.InterruptException as exc:
             raise QueryTimeout(f"the query was stopped after {timeout_s:g} s (its timeout)") from exc
         except duckdb.PermissionException as exc:
-            raise LakeError(_outside_lake(self.out, exc)) from exc
+            raise LakeError(outside_sandbox(self.out / DATA_DIR, exc)) from exc
         except duckdb.Error as exc:
-            raise LakeError(_first_line(exc)) from exc
+            raise LakeError(first_line(exc)) from exc
         finally:
             if timer:
                 timer.cancel()
@@ -504,7 +301,7 @@ class Lake:
         try:
             return self._con.execute(statements[0]).fetch_record_batch(rows_per_batch)
         except duckdb.Error as exc:
-            raise LakeError(_first_line(exc)) from exc
+            raise LakeError(first_line(exc)) from exc
 
     def snapshots(self) -> list[dict[str, Any]]:
         table = self._con.execute(
@@ -569,12 +366,6 @@ def _open_error(out: Path, exc: duckdb.Error) -> str:
     return f"cannot open the lake at {out}: {text.splitlines()[0]}"
 
 
-def _outside_lake(out: Path, exc: duckdb.Error) -> str:
-    match = re.search(r'Cannot access \w+ "([^"]*)"', str(exc))
-    what = match.group(1) if match else "that file"
-    return f"{what} is outside the lake: a query reads only the lake's files under {out / DATA_DIR}"
-
-
 def _lock_holder(text: str) -> str | None:
     """Who holds the catalog, from DuckDB's lock error ("... held in EXE (PID 123)"), else None."""
     if "Could not set lock" not in text:
@@ -594,23 +385,11 @@ def _lock_holder(text: str) -> str | None:
     return f"PID {pid} ({command})"
 
 
-def _sandbox(con: duckdb.DuckDBPyConnection, out: Path, memory_limit: str | None) -> None:
-    """Confine a reader to the lake's data files, bound its memory, and lock that in."""
-    if memory_limit is None:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        memory_limit = f"{total // 2 // 2**20}MiB"
-    con.execute(f"SET memory_limit = {_literal(memory_limit)}")
-    con.execute("SET enable_progress_bar = false")  # it draws on stdout, between csv rows
-    con.execute(f"SET allowed_directories = [{_literal(str(out / DATA_DIR) + '/')}]")
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
-
-
 def _attach_sql(out: Path, read_only: bool, snapshot: int | None) -> str:
     # DuckLake stores the data path as an absolute path; overriding it with the one next to
     # the catalog keeps an output directory usable after it is moved or copied.
     options = [
-        f"DATA_PATH {_literal(str(out / DATA_DIR) + '/')}",
+        f"DATA_PATH {literal(str(out / DATA_DIR) + '/')}",
         "OVERRIDE_DATA_PATH true",
         # Every row lands in Parquet (the contract), never inlined into the catalog.
         "DATA_INLINING_ROW_LIMIT 0",
@@ -619,18 +398,5 @@ def _attach_sql(out: Path, read_only: bool, snapshot: int | None) -> str:
         options.append("READ_ONLY")
     if snapshot is not None:
         options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
-    target = _literal(f"ducklake:{out / CATALOG}")
+    target = literal(f"ducklake:{out / CATALOG}")
     return f"ATTACH {target} AS lake ({', '.join(options)})"
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
