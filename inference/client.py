@@ -15,159 +15,31 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-from trajforge.schemas.errors import InferenceError
+# The interface and the wire format live in protocol.py and wire.py; these names have always
+# been imported from here, and still are.
+from trajforge.inference.protocol import CHOICE as CHOICE
+from trajforge.inference.protocol import CONTINUE_FINAL as CONTINUE_FINAL
+from trajforge.inference.protocol import JSON_SCHEMA as JSON_SCHEMA
+from trajforge.inference.protocol import PROMPT_LOGPROBS as PROMPT_LOGPROBS
+from trajforge.inference.protocol import VLLM_CAPABILITIES as VLLM_CAPABILITIES
+from trajforge.inference.protocol import Backend as Backend
+from trajforge.inference.protocol import ChatRequest as ChatRequest
+from trajforge.inference.protocol import Choice as Choice
+from trajforge.inference.protocol import CompletionRequest as CompletionRequest
+from trajforge.inference.protocol import Request as Request
+from trajforge.inference.protocol import Response as Response
+from trajforge.inference.protocol import TokenLogprob as TokenLogprob
+from trajforge.inference.protocol import Usage as Usage
+from trajforge.inference.protocol import send as send
+from trajforge.inference.wire import chat_body, completion_body, malformed
+from trajforge.inference.wire import parse_response as parse_response
+from trajforge.schemas.errors import InferenceError as InferenceError
 
-# What a backend can do beyond plain generation; callers check before relying on it.
-CHOICE = "choice"  # constrained decoding to one of a list of strings
-JSON_SCHEMA = "json_schema"  # constrained decoding to a JSON schema
-PROMPT_LOGPROBS = "prompt_logprobs"  # log-probabilities of the prompt's own tokens
-CONTINUE_FINAL = "continue_final"  # chat: go on from a final assistant message's prefix
-VLLM_CAPABILITIES = frozenset({CHOICE, JSON_SCHEMA, PROMPT_LOGPROBS, CONTINUE_FINAL})
 MAX_RESPONSE_BYTES = 16 << 20  # a bigger answer is a broken server, not a model's reply
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"  # sent as a bearer key when set and no other is named
-
-
-# -- requests -------------------------------------------------------------------------------------
-@dataclass(frozen=True, kw_only=True)
-class _Params:
-    """Sampling and constraint parameters shared by chat and completion requests."""
-
-    max_tokens: int = 256  # always set: constrained decoding can loop without a bound
-    n: int = 1
-    temperature: float = 0.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: bool = False  # log-probability of each generated token
-    top_logprobs: int = 0  # and of the k most likely alternatives at each position
-    prompt_logprobs: int | None = None  # k alternatives per prompt token (0: the token alone)
-    choice: tuple[str, ...] | None = None  # the answer is exactly one of these strings
-    json_schema: dict[str, Any] | None = None  # the answer is JSON valid under this schema
-    model: str | None = None  # None: the backend's model
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(self.stop))
-        if self.choice is not None:
-            object.__setattr__(self, "choice", tuple(self.choice))
-        problems = [
-            "max_tokens must be >= 1" if self.max_tokens < 1 else "",
-            "n must be >= 1" if self.n < 1 else "",
-            "temperature must be >= 0" if self.temperature < 0 else "",
-            "top_logprobs must be >= 0" if self.top_logprobs < 0 else "",
-            "choice and json_schema exclude each other" if self.choice and self.json_schema else "",
-            "choice needs at least one non-empty string"
-            if self.choice is not None and (not self.choice or not all(self.choice))
-            else "",
-        ]
-        if any(problems):
-            raise ValueError("; ".join(p for p in problems if p))
-
-    def params(self) -> dict[str, Any]:
-        """Everything but the input, as plain data (used for cache keys)."""
-        data = asdict(self)
-        for key in ("messages", "prompt"):
-            data.pop(key, None)
-        return data
-
-
-@dataclass(frozen=True)
-class ChatRequest(_Params):
-    messages: list[dict[str, str]]
-    # The last message is an assistant prefix the model goes on from (no new turn is opened).
-    continue_final: bool = field(default=False, kw_only=True)
-
-
-@dataclass(frozen=True)
-class CompletionRequest(_Params):
-    prompt: str
-    echo: bool = field(default=False, kw_only=True)
-
-
-Request = ChatRequest | CompletionRequest
-
-
-# -- responses ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TokenLogprob:
-    token: str
-    logprob: float
-    # The k most likely tokens here. Keyed by text, as OpenAI's completions do: tokens that decode
-    # alike (fragments of one UTF-8 character show as U+FFFD) share one entry.
-    top: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Choice:
-    text: str
-    finish_reason: str | None = None
-    logprobs: list[TokenLogprob] | None = None
-    index: int = 0
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens
-        )
-
-
-@dataclass(frozen=True)
-class Response:
-    choices: list[Choice]
-    usage: Usage
-    model: str
-    # One entry per prompt token (the first is None: nothing precedes it).
-    prompt_logprobs: list[TokenLogprob | None] | None = None
-    cached: bool = False  # served from the request cache, not the model
-
-    @property
-    def text(self) -> str:
-        return self.choices[0].text
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Response:
-        def tokens(items: list | None) -> list | None:
-            return None if items is None else [None if t is None else TokenLogprob(**t) for t in items]
-
-        choices = [Choice(**{**c, "logprobs": tokens(c.get("logprobs"))}) for c in data["choices"]]
-        return cls(
-            choices=choices,
-            usage=Usage(**data["usage"]),
-            model=data["model"],
-            prompt_logprobs=tokens(data.get("prompt_logprobs")),
-            cached=bool(data.get("cached", False)),
-        )
-
-
-class Backend(Protocol):
-    """What every model access point offers; `ReliableClient` is one too."""
-
-    @property
-    def model(self) -> str: ...
-
-    @property
-    def capabilities(self) -> frozenset[str]: ...
-
-    def chat(self, request: ChatRequest, *, timeout_s: float | None = None) -> Response: ...
-
-    def complete(self, request: CompletionRequest, *, timeout_s: float | None = None) -> Response: ...
-
-    def close(self) -> None: ...
-
-
-def send(backend: Backend, request: Request, *, timeout_s: float | None = None) -> Response:
-    if isinstance(request, ChatRequest):
-        return backend.chat(request, timeout_s=timeout_s)
-    return backend.complete(request, timeout_s=timeout_s)
 
 
 # -- the OpenAI-compatible HTTP backend -----------------------------------------------------------
@@ -229,7 +101,7 @@ class OpenAIHTTPBackend:
             try:
                 self._model = str(body["data"][0]["id"])
             except (KeyError, IndexError, TypeError) as exc:
-                raise _malformed(f"{self.base_url}/models lists no model", body) from exc
+                raise malformed(f"{self.base_url}/models lists no model", body) from exc
         return self._model
 
     def chat(self, request: ChatRequest, *, timeout_s: float | None = None) -> Response:
@@ -245,7 +117,7 @@ class OpenAIHTTPBackend:
         body = self._request("GET", "/models", None, self.timeout_s)
         entries = body.get("data") if isinstance(body, dict) else None
         if not isinstance(entries, list):
-            raise _malformed(f"{self.base_url}/models lists no models", body)
+            raise malformed(f"{self.base_url}/models lists no models", body)
         return next((e for e in entries if isinstance(e, dict) and e.get("id") == self.model), {})
 
     def tokenize(self, messages: list[dict[str, str]]) -> int:
@@ -258,7 +130,7 @@ class OpenAIHTTPBackend:
         try:
             return int(body["count"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise _malformed(f"{root.base_url}/tokenize gave no count", body) from exc
+            raise malformed(f"{root.base_url}/tokenize gave no count", body) from exc
 
     def close(self) -> None:
         if self._http is not None:
@@ -311,7 +183,7 @@ class OpenAIHTTPBackend:
         try:
             return json.loads(data)
         except ValueError as exc:
-            raise _malformed(f"{url} answered with invalid JSON", data[:300]) from exc
+            raise malformed(f"{url} answered with invalid JSON", data[:300]) from exc
 
     def _read_body(self, url: str, resp: Any, deadline: float, seconds: float) -> bytes:
         """The whole body, or an error once the attempt's wall-clock deadline passes (a server
@@ -400,10 +272,6 @@ _TOO_LONG = re.compile(
 )
 
 
-def _malformed(message: str, payload: Any) -> InferenceError:
-    return InferenceError(f"{message}: {str(payload)[:200]!r}", reason="malformed", retryable=True)
-
-
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
     if not value:
@@ -416,108 +284,3 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
-
-
-# -- wire format: requests ------------------------------------------------------------------------
-def _common_body(request: _Params, model: str) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": request.model or model,
-        "max_tokens": request.max_tokens,
-        "n": request.n,
-        "temperature": request.temperature,
-    }
-    if request.seed is not None:
-        body["seed"] = request.seed
-    if request.stop:
-        body["stop"] = list(request.stop)
-    if request.prompt_logprobs is not None:
-        body["prompt_logprobs"] = request.prompt_logprobs
-    if request.choice is not None:
-        body["structured_outputs"] = {"choice": list(request.choice)}
-    elif request.json_schema is not None:
-        body["structured_outputs"] = {"json": request.json_schema}
-    return body
-
-
-def chat_body(request: ChatRequest, model: str) -> dict[str, Any]:
-    body = {"messages": list(request.messages), **_common_body(request, model)}
-    if request.logprobs or request.top_logprobs:
-        body["logprobs"] = True
-        body["top_logprobs"] = request.top_logprobs
-    if request.continue_final:
-        body["continue_final_message"] = True
-        body["add_generation_prompt"] = False
-    return body
-
-
-def completion_body(request: CompletionRequest, model: str) -> dict[str, Any]:
-    body = {"prompt": request.prompt, **_common_body(request, model)}
-    if request.logprobs or request.top_logprobs:
-        body["logprobs"] = request.top_logprobs
-    if request.echo:
-        body["echo"] = True
-    return body
-
-
-# -- wire format: responses -----------------------------------------------------------------------
-def parse_response(body: Any, *, chat: bool) -> Response:
-    """An OpenAI-style JSON body as a Response; anything missing or mistyped is 'malformed'."""
-    try:
-        choices = [_parse_choice(c, chat) for c in body["choices"]]
-        if not choices:
-            raise ValueError("no choices")
-        usage = body.get("usage") or {}
-        return Response(
-            choices=sorted(choices, key=lambda c: c.index),
-            usage=Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))),
-            model=str(body.get("model", "")),
-            prompt_logprobs=_parse_prompt_logprobs(body.get("prompt_logprobs")),
-        )
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise _malformed(f"response lacks or mistypes {exc}", body) from exc
-
-
-def _parse_choice(data: dict[str, Any], chat: bool) -> Choice:
-    text = data["message"]["content"] if chat else data["text"]
-    if not isinstance(text, str):
-        raise TypeError(f"text is {type(text).__name__}")
-    raw = data.get("logprobs")
-    logprobs = None
-    if raw:
-        logprobs = _chat_logprobs(raw) if chat else _completion_logprobs(raw)
-    return Choice(text, data.get("finish_reason"), logprobs, int(data.get("index", 0)))
-
-
-def _chat_logprobs(raw: dict[str, Any]) -> list[TokenLogprob]:
-    return [
-        TokenLogprob(
-            t["token"],
-            float(t["logprob"]),
-            {a["token"]: float(a["logprob"]) for a in t.get("top_logprobs") or []},
-        )
-        for t in raw["content"] or []
-    ]
-
-
-def _completion_logprobs(raw: dict[str, Any]) -> list[TokenLogprob]:
-    tops = raw.get("top_logprobs") or [None] * len(raw["tokens"])
-    return [
-        TokenLogprob(tok, float(lp), {k: float(v) for k, v in (top or {}).items()})
-        for tok, lp, top in zip(raw["tokens"], raw["token_logprobs"], tops, strict=True)
-        if lp is not None  # with echo, the prompt's first token has none
-    ]
-
-
-def _parse_prompt_logprobs(raw: list | None) -> list[TokenLogprob | None] | None:
-    """vLLM gives per prompt token a dict token_id -> {logprob, rank, decoded_token}; the
-    prompt's own token comes first, then the top-k alternatives. `top` keeps all entries."""
-    if raw is None:
-        return None
-    out: list[TokenLogprob | None] = []
-    for entry in raw:
-        if not entry:
-            out.append(None)
-            continue
-        alts = [(str(v.get("decoded_token", k)), float(v["logprob"])) for k, v in entry.items()]
-        out.append(TokenLogprob(alts[0][0], alts[0][1], dict(alts)))
-    return out

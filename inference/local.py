@@ -18,19 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trajforge.inference.client import (
+from trajforge.inference.protocol import (
     CHOICE,
     CONTINUE_FINAL,
     PROMPT_LOGPROBS,
     ChatRequest,
     Choice,
     CompletionRequest,
-    InferenceError,
     Response,
+    SamplingParams,
     TokenLogprob,
     Usage,
-    _Params,
 )
+from trajforge.schemas.errors import InferenceError
 
 LOCAL_CAPABILITIES = frozenset({CHOICE, PROMPT_LOGPROBS, CONTINUE_FINAL})
 
@@ -146,7 +146,7 @@ class LocalBackend:
             self._loaded = (model.tokenizer, model.model)
         return self._loaded
 
-    def _run(self, prompt: str, request: _Params, *, echo: bool) -> Response:
+    def _run(self, prompt: str, request: SamplingParams, *, echo: bool) -> Response:
         if request.json_schema is not None:
             raise InferenceError(
                 "json_schema constrained decoding needs vLLM; the CPU server offers choice only",
@@ -190,7 +190,7 @@ class LocalBackend:
         out = self._load()[1](input_ids=tensor, use_cache=True, **kwargs)
         return out.logits.float(), out.get("cache") or out.get("past_key_values")
 
-    def _sample(self, last: Any, cache: Any, request: _Params, rng: Any) -> list[_Generated]:
+    def _sample(self, last: Any, cache: Any, request: SamplingParams, rng: Any) -> list[_Generated]:
         import torch
 
         tokenizer, model = self._load()
@@ -217,7 +217,7 @@ class LocalBackend:
             gen.text = gen.text or self._decode(gen.tokens)
         return gens
 
-    def _append(self, gen: _Generated, token: int, logp: Any, request: _Params, eos: set[int]) -> None:
+    def _append(self, gen: _Generated, token: int, logp: Any, request: SamplingParams, eos: set[int]) -> None:
         gen.tokens.append(token)
         gen.logprobs.append(self._token_logprob(token, logp, request.top_logprobs))
         if token in eos:
@@ -229,7 +229,7 @@ class LocalBackend:
             if cut >= 0:
                 gen.text, gen.finish_reason = text[:cut], "stop"
 
-    def _choose(self, last: Any, cache: Any, request: _Params, rng: Any) -> list[_Generated]:
+    def _choose(self, last: Any, cache: Any, request: SamplingParams, rng: Any) -> list[_Generated]:
         """Score each choice's log-likelihood after the prompt, in one batch over the shared
         prompt cache; pick the best (temperature 0) or sample by softmax(loglik / T)."""
         scored = self._score_choices(last, cache, list(request.choice or ()), request.top_logprobs)
@@ -360,7 +360,7 @@ def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
     return found
 
 
-def _wants_logprobs(request: _Params) -> bool:
+def _wants_logprobs(request: SamplingParams) -> bool:
     return request.logprobs or request.top_logprobs > 0
 
 

@@ -152,7 +152,7 @@ def _hf_backend(spec: ModelSpec) -> Backend:
 
 def _vllm_backend(spec: ModelSpec) -> tuple[Backend, Callable[[], None]]:
     from trajforge.inference.client import OpenAIHTTPBackend
-    from trajforge.inference.serve import shared_server
+    from trajforge.inference.shared_server import shared_server
 
     rest = spec.target
     if not (Path(rest) / "config.json").is_file():
