@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.fake_http import JSONHandler, LoopbackServer
-from trajforge.inference import reliability
+from trajforge.inference import request_cache
 from trajforge.inference.client import ChatRequest, OpenAIHTTPBackend
 from trajforge.inference.reliability import CircuitBreaker, ReliableClient, RequestFailed, RetryPolicy
 from trajforge.inference.specs import ClientOptions, reliable_client
@@ -234,7 +234,7 @@ def test_a_full_cache_disk_keeps_the_paid_answer(serve, tmp_path, monkeypatch):
     def disk_full(*args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(reliability.os, "replace", disk_full)
+    monkeypatch.setattr(request_cache.os, "replace", disk_full)
     response = client.chat(ask())
     assert response.text == "ok" and not response.cached
     stats = client.stats()
