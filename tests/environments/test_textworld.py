@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import trajforge.environments.textworld as tw
+import trajforge.environments.textworld_games as tw
 from trajforge.environments.base import ConfigError, EnvironmentFailure, TaskSpec
 from trajforge.environments.textworld import TextWorldEnvironment, ensure_games
 
