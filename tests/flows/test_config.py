@@ -44,7 +44,7 @@ def test_a_context_window_with_no_room_for_a_prompt_is_one_config_error():
 
 def test_the_same_config_keeps_its_run_id_across_versions(monkeypatch):
     """Pinned before the config moved to flows/: a change here would fork every run on resume."""
-    import trajforge.flows.config as config_module  # where code_version is looked up
+    import trajforge.flows.run_config as config_module  # where code_version is looked up
 
     monkeypatch.setattr(config_module, "code_version", lambda: "0.1.0+pinned")
     default = config_module.RunConfig()
