@@ -210,7 +210,7 @@ class RunConfig(BaseModel):
                 "mcts.critic_weight: the critic is the judge model; set 'judge' (or --judge SPEC) too, "
                 "or set mcts.critic_weight: 0"
             )
-        if self.mcts.branching == "snapshot" and self.search == "mcts":
+        if self.mcts.branching == "snapshot" and self.branches():
             from trajforge.environments import registry
 
             for env in self.envs:
@@ -219,6 +219,12 @@ class RunConfig(BaseModel):
                         f"mcts.branching: {env.name} has no snapshot/restore; use 'auto' or 'replay'"
                     )
         return self
+
+    def branches(self) -> bool:
+        """Whether the search steps from action prefixes, so mcts.branching applies to it."""
+        from trajforge.synthesizers.search.settings import BRANCHING_METHODS
+
+        return self.search in BRANCHING_METHODS
 
     def fingerprint_json(self) -> str:
         exclude: dict[str, Any] = {f: True for f in EXECUTION_FIELDS} | {"model": EXECUTION_MODEL_FIELDS}

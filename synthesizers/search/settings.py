@@ -10,6 +10,9 @@ from trajforge.schemas.kinds import SearchMethod
 
 Branching = Literal["auto", "snapshot", "replay"]
 MAX_OBSERVATION_CHARS = 20_000  # an observation's cap, as the run config's default
+# The methods that step from action prefixes (navigator.py): they restore the environment's
+# snapshots or replay the prefix, as mcts.branching says.
+BRANCHING_METHODS: tuple[SearchMethod, ...] = ("mcts", "best_first", "particle")
 
 
 @dataclass(frozen=True)

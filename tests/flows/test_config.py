@@ -92,6 +92,16 @@ def test_a_config_that_breaks_a_rule_is_one_line_naming_the_field(given, line):
     assert str(exc.value).startswith(line) and "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize("method", ["mcts", "best_first", "particle"])
+def test_every_method_that_branches_by_snapshot_is_refused_at_config_check_without_snapshots(method):
+    """Not per task at search time: the run does not start."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(envs=["webapp"], search=method, mcts={"branching": "snapshot"})
+    assert str(exc.value) == "mcts.branching: webapp has no snapshot/restore; use 'auto' or 'replay'"
+    assert load_config(envs=["toy"], search=method, mcts={"branching": "snapshot"}).search == method
+    assert load_config(envs=["webapp"], search=method, mcts={"branching": "replay"}).search == method
+
+
 def test_a_config_built_without_the_cli_gets_the_same_rule_and_line():
     """A flow started from a Prefect deployment or a test validates the RunConfig itself."""
     from pydantic import ValidationError
