@@ -5,19 +5,16 @@ one-line errors as the command line. Loading it from YAML and flags is config.py
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from trajforge.flows.code_version import code_version
+from trajforge.inference.specs import ClientOptions, ClientSettings
 from trajforge.schemas.errors import ConfigError
 from trajforge.schemas.ids import canonical_json
 from trajforge.schemas.kinds import SearchMethod
-
-if TYPE_CHECKING:
-    from trajforge.inference.specs import ClientOptions
 
 # Settings that decide where and how fast a run executes, not what data it makes:
 # they stay out of the fingerprint, so moving a run to another runner or folder keeps its id
@@ -68,27 +65,19 @@ class MCTSConfig(BaseModel):
     )
 
 
-class ModelConfig(BaseModel):
-    """How model policies (openai:, hf:, vllm:) call their model."""
+class PolicySettings(BaseModel):
+    """How a model policy samples (the client's settings are ClientSettings')."""
 
     model_config = ConfigDict(extra="forbid")
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(128, ge=1, le=32_768, description="always bounded: decoding can loop")
-    timeout_s: float = Field(60.0, gt=0, description="per request")
-    price_in_per_m: float = Field(0.0, ge=0, description="USD per million prompt tokens")
-    price_out_per_m: float = Field(0.0, ge=0, description="USD per million completion tokens")
-    api_key_env: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="NAME of the environment variable that holds the API key of openai: servers "
-        "(default: OPENAI_API_KEY when it is set); the key itself never goes in a config",
-    )
-    revision: str | None = Field(
-        None,
-        min_length=1,
-        description="the served model's version (openai:): changing it changes the run id and misses "
-        "the request cache, as new weights do for hf:/vllm:",
-    )
+
+
+# The bases' order keeps the fields' order of before (temperature, max_tokens, the client's,
+# context_tokens), so a run's stored config_json reads as it did.
+class ModelConfig(ClientSettings, PolicySettings):
+    """How model policies (openai:, hf:, vllm:) call their model."""
+
     context_tokens: int | None = Field(
         None,
         ge=64,
@@ -110,10 +99,7 @@ class ModelConfig(BaseModel):
     def client_options(self, cache_dir: str | Path | None = None) -> ClientOptions:
         """The options of this model's clients (the other fields, temperature, max_tokens, ...,
         are a policy's)."""
-        from trajforge.inference.specs import ClientOptions
-
-        names = [f.name for f in fields(ClientOptions) if f.name != "cache_dir"]
-        return ClientOptions(cache_dir=cache_dir, **{name: getattr(self, name) for name in names})
+        return ClientOptions(cache_dir=cache_dir, **self.model_dump(include=set(ClientSettings.model_fields)))
 
 
 class RunConfig(BaseModel):
@@ -262,7 +248,7 @@ class RunConfig(BaseModel):
         """Options of model policies; their request cache lives in the output folder, so a
         rerun of the same run answers completed calls from it."""
         client = self.model.client_options(cache_dir=str(self.out / "cache" / "requests"))
-        return {**self.model.model_dump(), **asdict(client)}
+        return {**self.model.model_dump(), **client.model_dump()}
 
     def search_settings(self) -> Any:
         """The search's settings, field by field by name: a field of budget or mcts that the

@@ -1,7 +1,7 @@
 """Model SPECs (`openai:URL[#model]`, `hf:PATH`, `vllm:PATH`; `random` and `oracle` name the
 policies that need no model): their one grammar (`parse_spec`), the options of a model client
-(`ClientOptions`), dependable clients for them, and the fingerprint of the model a SPEC names
-(part of the run id and of every cache key)."""
+(`ClientSettings`, `ClientOptions`), dependable clients for them, and the fingerprint of the
+model a SPEC names (part of the run id and of every cache key)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import os
 import re
 import threading
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from trajforge.schemas.errors import ConfigError
 
@@ -75,27 +77,42 @@ def parse_spec(text: str, field: str = "policies", builtin: Collection[str] = ()
     raise ConfigError(f"{field}: unknown policy {text!r}; use {', '.join(sorted(builtin))}, {forms}")
 
 
-@dataclass(frozen=True)
-class ClientOptions:
-    """How a client calls its model: the one declaration of the client's options (the run config's
-    `model` section produces them, `ModelConfig.client_options`). `api_key_env` names the
-    environment variable of an openai: server's key (default: OPENAI_API_KEY when set); the key is
-    read where requests are sent, so it never travels with the client."""
+class ClientSettings(BaseModel):
+    """How a client calls its model, as a user sets it: the one declaration of these options,
+    which the run config's `model:` section takes as its own (flows/run_config.py's ModelConfig)."""
 
+    model_config = ConfigDict(extra="forbid")
+    timeout_s: float = Field(60.0, gt=0, description="per request")
+    price_in_per_m: float = Field(0.0, ge=0, description="USD per million prompt tokens")
+    price_out_per_m: float = Field(0.0, ge=0, description="USD per million completion tokens")
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="NAME of the environment variable that holds the API key of openai: servers "
+        "(default: OPENAI_API_KEY when it is set); the key itself never goes in a config",
+    )
+    revision: str | None = Field(
+        None,
+        min_length=1,
+        description="the served model's version (openai:): changing it changes the run id and misses "
+        "the request cache, as new weights do for hf:/vllm:",
+    )
+
+
+class ClientOptions(ClientSettings):
+    """A client's settings plus where its request cache lives (the run's output folder, not a
+    user's setting). `api_key_env`'s key is read where requests are sent, so it never travels
+    with the client."""
+
+    model_config = ConfigDict(frozen=True)
     cache_dir: str | Path | None = None  # the on-disk request cache; none: no cache
-    timeout_s: float = 60.0
-    price_in_per_m: float = 0.0
-    price_out_per_m: float = 0.0
-    api_key_env: str | None = None
-    revision: str | None = None
 
     @classmethod
     def split(cls, options: Mapping[str, Any]) -> tuple[ClientOptions, dict[str, Any]]:
         """The client's options out of a run's model options, and the rest (a policy's
         temperature, max_tokens, ...)."""
-        names = {f.name for f in fields(cls)}
-        mine = {k: v for k, v in options.items() if k in names}
-        return cls(**mine), {k: v for k, v in options.items() if k not in names}
+        mine = {k: v for k, v in options.items() if k in cls.model_fields}
+        return cls(**mine), {k: v for k, v in options.items() if k not in cls.model_fields}
 
 
 def reliable_client(

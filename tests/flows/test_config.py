@@ -139,8 +139,6 @@ def test_what_this_machine_lacks_is_one_line_before_anything_is_written(tmp_path
 
 
 def test_the_model_config_produces_the_client_options_and_the_same_model_options(tmp_path):
-    from dataclasses import asdict
-
     from trajforge.inference.specs import ClientOptions
 
     config = load_config(out=tmp_path, model={"timeout_s": 5, "revision": "r2", "temperature": 0.1})
@@ -150,5 +148,24 @@ def test_the_model_config_produces_the_client_options_and_the_same_model_options
     assert options == {**config.model.model_dump(), "cache_dir": str(tmp_path / "cache" / "requests")}
     assert ClientOptions.split(options) == (
         config.model.client_options(str(tmp_path / "cache" / "requests")),
-        {k: v for k, v in options.items() if k not in asdict(client)},
+        {k: v for k, v in options.items() if k not in client.model_dump()},
     )
+
+
+def test_the_model_section_keeps_its_keys_and_checks_the_client_fields_it_takes_from_the_client():
+    from trajforge.flows.config import ModelConfig
+
+    assert list(ModelConfig.model_fields) == [
+        "temperature",
+        "max_tokens",
+        "timeout_s",
+        "price_in_per_m",
+        "price_out_per_m",
+        "api_key_env",
+        "revision",
+        "context_tokens",
+    ]
+    with pytest.raises(ConfigError, match=r"^model\.timeout_s: 0 is invalid: .*greater than 0"):
+        load_config(model={"timeout_s": 0})
+    with pytest.raises(ConfigError, match=r"^model\.cache_dir: unknown field"):
+        load_config(model={"cache_dir": "/tmp/x"})  # the run's output folder decides it, not a user
