@@ -20,7 +20,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from trajforge.synthesizers.policies import Context, Decision
+from trajforge.synthesizers.policies import Context, Decision, sample
 
 FLOOR = 1.0  # every action's score: the mass of actions that share nothing
 INSTRUCTION_WEIGHT = 3.0  # per (rarity-weighted) word shared with the instruction
@@ -116,14 +116,14 @@ class LexicalPolicy:
     def act(self, ctx: Context) -> Decision:
         if not ctx.admissible:
             raise ValueError("no admissible action to choose from")
-        priors = self.priors(ctx)
-        actions = sorted(priors)
-        return Decision(self._rng.choices(actions, weights=[priors[a] for a in actions])[0])
+        return Decision(sample(self.priors(ctx), self._rng))
 
     def priors(self, ctx: Context) -> dict[str, float]:
+        """Each admissible action's share of the scores, in sorted order (so a draw from them
+        does not depend on the order the environment lists its actions in)."""
         scores = self.scores(ctx)
         total = sum(scores.values())
-        return {a: s / total for a, s in scores.items()}
+        return {a: scores[a] / total for a in sorted(scores)}
 
     def scores(self, ctx: Context) -> dict[str, float]:
         """Each admissible action's score: FLOOR plus what it shares with the task."""

@@ -39,7 +39,7 @@ from trajforge.inference.context import ContextWindow
 from trajforge.inference.scoring import score_candidates, softmax
 from trajforge.inference.specs import ClientOptions, reliable_client
 from trajforge.schemas.conversation import messages as conversation_messages
-from trajforge.synthesizers.policies import Context, Decision
+from trajforge.synthesizers.policies import Context, Decision, sample
 
 ACTIONS_PROMPT = (
     "Admissible actions:\n{actions}\n\n"
@@ -205,7 +205,7 @@ def _actions_block(admissible: list[str]) -> str:
 def _sample(candidates: list[str], scores: list[float], temperature: float, rng: random.Random) -> str:
     if temperature == 0:
         return candidates[max(range(len(scores)), key=lambda i: scores[i])]
-    return rng.choices(candidates, weights=softmax(scores, temperature))[0]
+    return sample(dict(zip(candidates, softmax(scores, temperature), strict=True)), rng)
 
 
 # -- specs ----------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +37,13 @@ class Policy(Protocol):
         """Begin an episode; all randomness derives from the seed."""
 
     def act(self, ctx: Context) -> Decision: ...
+
+
+def sample(priors: Mapping[str, float], rng: random.Random) -> str:
+    """An action drawn with probability proportional to its weight (weights need not sum to 1),
+    over the actions in the mapping's order: the same seed, priors and order give the same draw."""
+    actions = list(priors)
+    return rng.choices(actions, weights=[priors[a] for a in actions])[0]
 
 
 class RandomPolicy:

@@ -130,6 +130,20 @@ def test_choices_follow_the_priors_and_repeat_for_a_seed():
     assert load_config(policies=["lexical"]).policies == ["lexical"]  # the config takes the spec
 
 
+def test_choices_do_not_depend_on_the_order_the_environment_lists_its_actions_in():
+    instruction = 'Click on the "Submit" button.'
+    obs = page(instruction, '[e1] button "Cancel"', '[e2] button "Submit"', '[e3] button "Ok"')
+    listed = ["click e1", "click e2", "click e3"]
+
+    def choices(admissible: list[str]) -> list[str]:
+        policy = LexicalPolicy()
+        policy.start(5)
+        ctx = Context(None, instruction, obs, admissible)  # type: ignore[arg-type]
+        return [policy.act(ctx).action for _ in range(50)]
+
+    assert choices(listed) == choices(listed[::-1])
+
+
 @pytest.mark.skipif(not os.access("/usr/bin/chromium", os.X_OK), reason="needs Chromium at /usr/bin/chromium")
 @pytest.mark.parametrize("task", ["click-button", "enter-text"])
 def test_mcts_with_lexical_priors_solves_easy_miniwob_tasks_where_a_uniform_prior_does_not(task):
