@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from trajforge.environments.toy import ToyEnvironment
 from trajforge.inference.client import Choice, Response, TokenLogprob, Usage
-from trajforge.inference.serve import response_body
+from trajforge.inference.wire import response_body
 from trajforge.pipelines.judging import Judge
 from trajforge.pipelines.spec import PipelineSpec
 from trajforge.pipelines.synthesis import Search

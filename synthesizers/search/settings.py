@@ -1,5 +1,5 @@
 """What a search is given: its method, its per-task budget, MCTS's knobs, and the critic it may
-consult. The run config (flows/config.py) maps its fields onto these by name."""
+consult. The run config (flows/run_config.py) maps its fields onto these by name."""
 
 from __future__ import annotations
 
