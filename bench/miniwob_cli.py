@@ -38,8 +38,15 @@ def run(search: str, tasks: list[str], root: Path) -> tuple[dict[str, bool], int
     cli = [sys.executable, "-m", "trajforge.cli"]
     beam = ["--", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     t0 = time.perf_counter()
-    subprocess.run([*cli, "run", "--config", str(config), "--out", str(out), *beam], check=True, timeout=1800)
+    ran = subprocess.run(
+        [*cli, "run", "--config", str(config), "--out", str(out), *beam],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     wall = time.perf_counter() - t0
+    if ran.returncode != 0:
+        sys.exit(f"{search}: trajforge run exited {ran.returncode}:\n{ran.stderr[-2000:]}")
     query = (
         "SELECT t.env_task, bool_or(r.success) AS solved, sum(r.env_steps) AS steps FROM trajectories r "
         "JOIN tasks t USING (task_id) GROUP BY 1 ORDER BY 1"
