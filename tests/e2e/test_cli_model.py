@@ -1,22 +1,22 @@
-"""A model policy through the command line, against `trajforge serve-model` on a tiny model."""
+"""A model policy through the command line, against the CPU model server on a tiny model."""
 
 from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import run_counts, served_tiny_model, sql_json
-from tests.fake_http import JSONHandler, LoopbackServer
+from tests.e2e.helpers import run_counts, sql_json
+from tests.fake_http import FaultProxy, JSONHandler, LoopbackServer
 
 
 @pytest.fixture(scope="module")
-def model_url(tmp_path_factory):
-    with served_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny") as url:
-        yield f"{url}/v1"
+def model_url(tiny_server) -> str:
+    """The session's tiny-model server (`serve-model --tiny` itself is run by test_cli_context
+    and test_cli_secrets): its /v1 root and model name, as `URL#NAME`."""
+    return f"{tiny_server.url}/v1#{tiny_server.name}"
 
 
 def run_args(out: Path, model_url: str) -> list[str]:
@@ -31,7 +31,7 @@ def run_args(out: Path, model_url: str) -> list[str]:
         "--max-steps",
         "6",
         "--policy",
-        f"openai:{model_url}#tiny",
+        f"openai:{model_url}",
     ]
 
 
@@ -81,7 +81,7 @@ def test_the_judge_stage_scores_every_trajectory_and_critiques_failures(cli, mod
                 "envs": ["toy"],
                 "tasks": 3,
                 "max_steps": 6,
-                "judge": f"openai:{model_url}#tiny",
+                "judge": f"openai:{model_url}",
                 "critique": True,
             }
         )
@@ -160,7 +160,7 @@ def test_mcts_with_the_judge_as_critic_stores_its_values_on_nodes(cli, model_url
         "search": "mcts",
         "policies": ["random"],
         "budget": {"env_steps": 40, "simulations": 15},
-        "judge": f"openai:{model_url}#tiny",
+        "judge": f"openai:{model_url}",
         "mcts": {"critic_weight": 0.3},
     }
     config.write_text(json.dumps(settings))
@@ -180,66 +180,12 @@ def test_mcts_with_the_judge_as_critic_stores_its_values_on_nodes(cli, model_url
     assert not (tmp_path / "none").exists()
 
 
-class FaultyProxy:
-    """Stands in front of the model server: 30% 503 (half with Retry-After), 10% hangs, 10%
-    malformed JSON; the rest are forwarded. Loopback only; stops with the test."""
-
-    def __init__(self, upstream: str, seed: int = 7) -> None:
-        import random
-        import threading
-
-        rng, lock, proxy = random.Random(seed), threading.Lock(), self
-        self.kinds: list[str] = []
-
-        class Handler(JSONHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                self._forward(None)
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with lock:
-                    roll = rng.random()
-                kind = (
-                    "503_retry_after"
-                    if roll < 0.15
-                    else "503"
-                    if roll < 0.30
-                    else "hang"
-                    if roll < 0.40
-                    else "malformed"
-                    if roll < 0.50
-                    else "ok"
-                )
-                proxy.kinds.append(kind)
-                if kind.startswith("503"):
-                    extra = {"Retry-After": "1"} if kind == "503_retry_after" else {}
-                    return self.send_json(503, b'{"error": {"message": "overloaded"}}', extra)
-                if kind == "hang":
-                    time.sleep(30)  # longer than the client's timeout
-                    return None
-                if kind == "malformed":
-                    return self.send_json(200, b'{"choices": [{"mess')
-                self._forward(body)
-
-            def _forward(self, body: bytes | None) -> None:
-                request = urllib.request.Request(
-                    upstream + self.path,
-                    data=body,
-                    method=self.command,
-                    headers={"Content-Type": "application/json"},
-                )
-                with urllib.request.urlopen(request, timeout=60) as resp:
-                    self.send_json(resp.status, resp.read())
-
-        self.server = LoopbackServer(Handler)
-        self.url = self.server.origin
-
-    def close(self) -> None:
-        self.server.stop()
+# 30% 503 (half with Retry-After), 10% hangs, 10% malformed JSON; the rest are forwarded.
+FAULTS = {"503_retry_after": 0.15, "503": 0.15, "hang": 0.10, "malformed": 0.10}
 
 
-def test_a_run_completes_against_a_faulty_model_server(cli, model_url, tmp_path):
-    proxy = FaultyProxy(model_url.removesuffix("/v1"))
+def test_a_run_completes_against_a_faulty_model_server(cli, tiny_server, tmp_path):
+    proxy = FaultProxy(tiny_server.url, FAULTS)
     try:
         config = tmp_path / "faulty.yaml"
         config.write_text(
@@ -248,7 +194,7 @@ def test_a_run_completes_against_a_faulty_model_server(cli, model_url, tmp_path)
                     "envs": ["toy"],
                     "tasks": 6,
                     "max_steps": 4,
-                    "policies": [f"openai:{proxy.url}/v1#tiny"],
+                    "policies": [f"openai:{proxy.url}/v1#{tiny_server.name}"],
                     "model": {"timeout_s": 2.0},
                     "max_failed_share": 1.0,  # every item counts, data or failure (gate: test_cli_resume)
                 }

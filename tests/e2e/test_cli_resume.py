@@ -6,59 +6,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from tests.e2e.helpers import sql_json
-from tests.fake_http import JSONHandler, LoopbackServer
+from tests.fake_http import FaultProxy
 from trajforge.store.lake import Lake
-
-
-class OutageProxy:
-    """Stands in front of the model server: while `down`, every request gets 503 (a server that
-    is down behind its load balancer); then each request is forwarded, and its body recorded."""
-
-    def __init__(self, upstream: str) -> None:
-        proxy = self
-        self.down = True
-        self.refused = 0
-        self.forwarded: list[bytes] = []
-        lock = threading.Lock()
-
-        class Handler(JSONHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                self._answer(None)
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._answer(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
-
-            def _answer(self, body: bytes | None) -> None:
-                if proxy.down:
-                    with lock:
-                        proxy.refused += 1
-                    return self.send_json(503, b'{"error": {"message": "no healthy upstream"}}')
-                if body is not None:
-                    with lock:
-                        proxy.forwarded.append(body)
-                request = urllib.request.Request(
-                    upstream + self.path,
-                    data=body,
-                    method=self.command,
-                    headers={"Content-Type": "application/json"},
-                )
-                with urllib.request.urlopen(request, timeout=60) as resp:
-                    self.send_json(resp.status, resp.read())
-
-        self.server = LoopbackServer(Handler)
-        self.url = self.server.origin
-
-    def close(self) -> None:
-        self.server.stop()
 
 
 def _error_line(stderr: str) -> str:
@@ -78,7 +34,7 @@ def _status(cli, out: Path) -> list[str]:
 
 
 def test_a_run_refused_for_an_outage_resumes_with_the_same_command(cli, tiny_server, tmp_path):
-    proxy = OutageProxy(tiny_server.url)
+    proxy = FaultProxy(tiny_server.url, down=True)  # an outage until `down` is cleared
     out = tmp_path / "data"
     config = tmp_path / "run.yaml"
     model = f"openai:{proxy.url}/v1#{tiny_server.name}"

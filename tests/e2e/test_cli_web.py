@@ -14,7 +14,9 @@ import pytest
 
 from tests.e2e.helpers import sql_json
 
-SOLVABLE = ["click-button", "click-checkboxes", "enter-text", "click-tab-2", "choose-list"]
+# Two tasks of different kinds (a click, typed text), one per Beam worker: the same run on five
+# tasks (each solved in 120 env steps) is bench/miniwob_cli.py, kept out of `make test` for time.
+SOLVABLE = ["click-button", "enter-text"]
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +79,9 @@ def test_screenshots_are_artifacts_not_inline(cli, miniwob_lake):
 
 def test_the_shop_runs_with_verified_successes_on_every_template(cli, tmp_path):
     out = tmp_path / "data"
-    result = cli(
-        "run", "--env", "webapp", "--tasks", "5", "--max-steps", "15", "--out", str(out), timeout=900
-    )
+    # The oracle only: the assertion is about its verified successes (no random episodes to wait for).
+    args = ["run", "--env", "webapp", "--tasks", "5", "--max-steps", "15", "--policy", "oracle"]
+    result = cli(*args, "--out", str(out), timeout=900)
     assert result.returncode == 0, result.stderr + result.stdout
     rows = sql_json(
         cli,
