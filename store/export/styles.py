@@ -52,7 +52,7 @@ def make_style(name: str, fmt: str, tool_calls: bool) -> Style:
     if fmt not in STYLE_FORMATS[name]:
         raise ValueError(f"--style {name} has no {fmt} format; it writes {', '.join(STYLE_FORMATS[name])}")
     if name == "trl":
-        return Style(name, fmt, _trl_schema(fmt, tool_calls), lambda e: _trl_row(e, tool_calls))
+        return Style(name, fmt, _trl_schema(fmt, tool_calls), lambda e: _trl_row(e, fmt, tool_calls))
     if name == "sharegpt":
         return Style(name, fmt, _sharegpt_schema(fmt), _sharegpt_row)
     return Style(name, fmt, None, lambda e: _openai_row(e, tool_calls))
@@ -71,6 +71,8 @@ _META = {
     ],
 }
 _META["kto"] = _META["dpo"]
+# The id column names the lake row a training row comes from (for kto, `:chosen`/`:rejected` added).
+ID_COLUMN = {"sft": "trajectory_id", "prm": "trajectory_id", "dpo": "pair_id", "kto": "pair_id"}
 
 
 def _trl_schema(fmt: str, tool_calls: bool) -> pa.Schema:
@@ -87,14 +89,15 @@ def _trl_schema(fmt: str, tool_calls: bool) -> pa.Schema:
         ],
     }[fmt]
     tools = [("tools", pa.string())] if tool_calls and fmt != "prm" else []
-    return pa.schema([*columns, *tools, ("id", pa.string()), ("task_id", pa.string()), *_META[fmt]])
+    ids = [(ID_COLUMN[fmt], pa.string()), ("task_id", pa.string())]
+    return pa.schema([*columns, *tools, *ids, *_META[fmt]])
 
 
-def _trl_row(example: Example, tool_calls: bool) -> dict[str, Any]:
+def _trl_row(example: Example, fmt: str, tool_calls: bool) -> dict[str, Any]:
     row = dict(example.fields)
     if tool_calls and example.fields.keys() & {"messages", "prompt"} and "completions" not in row:
         row["tools"] = json.dumps(TOOLS)
-    return {**row, "id": example.id, "task_id": example.task_id, **example.meta}
+    return {**row, ID_COLUMN[fmt]: example.id, "task_id": example.task_id, **example.meta}
 
 
 def storage_schema(schema: pa.Schema) -> pa.Schema:

@@ -105,7 +105,7 @@ def test_export_overwrite_replaces_an_earlier_export(place, tmp_path):
 
 
 def exported_ids(dest: Path) -> list[str]:
-    return pq.read_table(dest / "data").column("trajectory_id").to_pylist()
+    return sorted(pq.read_table(dest / "data").column("trajectory_id").to_pylist())  # in task order
 
 
 def test_export_where_injection_exports_only_successful_trajectories(place, tmp_path):

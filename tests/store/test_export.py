@@ -28,9 +28,9 @@ def test_export_writes_one_shard_of_successful_conversations(lake, tmp_path):
     marker = json.loads((dest / MARKER).read_text())
     assert marker["format"] == "sft" and marker["rows"] == 3 and marker["snapshot_id"] == lake.snapshot_id()
     table = pq.read_table(shard)
-    assert table.column_names[:2] == ["messages", "id"]
+    assert table.column_names[:2] == ["messages", "trajectory_id"]
     # ordered by task, then id: task-0, task-1, task-2
-    assert table.column("id").to_pylist() == ["traj-0000", "traj-0004", "traj-0002"]
+    assert table.column("trajectory_id").to_pylist() == ["traj-0000", "traj-0004", "traj-0002"]
     for row in table.to_pylist():
         roles = [m["role"] for m in row["messages"]]
         assert roles[0] == "system"
