@@ -106,7 +106,7 @@ def storage_schema(schema: pa.Schema) -> pa.Schema:
 
 
 def _storage(t: pa.DataType) -> pa.DataType:
-    if isinstance(t, pa.ExtensionType):
+    if isinstance(t, pa.BaseExtensionType):
         return t.storage_type
     if pa.types.is_list(t):
         return pa.list_(_storage(t.value_type))
@@ -116,7 +116,7 @@ def _storage(t: pa.DataType) -> pa.DataType:
 def encode_json_columns(row: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
     """Messages of `list<json>` columns as JSON text, keys in a fixed order (same bytes)."""
     for f in schema:
-        if pa.types.is_list(f.type) and isinstance(f.type.value_type, pa.ExtensionType):
+        if pa.types.is_list(f.type) and isinstance(f.type.value_type, pa.BaseExtensionType):
             row[f.name] = [json.dumps(m, ensure_ascii=False) for m in row[f.name]]
     return row
 
