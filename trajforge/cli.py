@@ -405,6 +405,10 @@ def exports(
     for row in rows:
         row["split"] = json.dumps(row.get("split"))
         row["counts"] = json.dumps(row.get("counts"))
+        if format is Format.table:  # the columns that fit a terminal; csv and json have them all
+            row["created_at"] = str(row["created_at"])[:19]
+            for key in ("split", "config_hash"):
+                row.pop(key, None)
     _emit(pa.Table.from_pylist(rows), format)
 
 
