@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from trajforge.schemas.arrow import TRAJECTORIES, to_table
+from trajforge.store.export import MEMORY_LIMIT
 
 COMMIT_ROWS = 10_000
 
@@ -117,7 +118,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--obs-chars", type=int, default=400)
-    parser.add_argument("--memory-limit", default="512MiB", help="DuckDB's memory limit for the exporter")
+    parser.add_argument("--memory-limit", default=MEMORY_LIMIT, help="DuckDB's memory limit for the exporter")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -185,11 +185,17 @@ def _invoked_as() -> str:
     return argv0 if "/" in argv0 and not argv0.endswith(".py") else "trajforge"
 
 
-def _open_lake(out: Path, snapshot: int | None = None) -> Any:
+def _open_lake(out: Path, snapshot: int | None = None, memory_limit: str | None = None) -> Any:
     from trajforge.store.lake import READER_LOCK_TIMEOUT_S, Lake, LakeError
 
     try:
-        return Lake.open(out, read_only=True, snapshot=snapshot, lock_timeout_s=READER_LOCK_TIMEOUT_S)
+        return Lake.open(
+            out,
+            read_only=True,
+            snapshot=snapshot,
+            lock_timeout_s=READER_LOCK_TIMEOUT_S,
+            memory_limit=memory_limit,
+        )
     except LakeError as exc:
         raise fail(str(exc)) from None
 
@@ -355,7 +361,7 @@ def export(
 ) -> None:
     """Export training shards (Hugging Face layout: data/{split}-00000-of-0000N.parquet, README.md card)."""
     from trajforge.schemas.kinds import PairSource
-    from trajforge.store.export import ExportError, ExportSpec, export, parse_split
+    from trajforge.store.export import MEMORY_LIMIT, ExportError, ExportSpec, export, parse_split
     from trajforge.store.lake import Lake, LakeError
 
     try:
@@ -376,7 +382,7 @@ def export(
         )
         if not Lake.exists(out):
             raise ExportError(f"there is no lake at {out}: run `trajforge run --out {out}` first")
-        with _open_lake(out, snapshot) as lake:
+        with _open_lake(out, snapshot, memory_limit=MEMORY_LIMIT) as lake:
             result = export(lake, dest, spec, overwrite=overwrite)
     except (ExportError, LakeError) as exc:
         raise fail(str(exc)) from None

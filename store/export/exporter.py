@@ -24,6 +24,10 @@ from trajforge.store.export.record import record_export
 from trajforge.store.export.styles import STYLE_FORMATS, make_style
 from trajforge.store.lake import Lake
 
+# DuckDB's memory for an export (its ORDER BY spills to disk beyond it): with the Python side's row
+# groups, an export stays under 1 GB whatever the lake's size (bench/export.py).
+MEMORY_LIMIT = "512MiB"
+
 
 @dataclass(frozen=True)
 class ExportSpec:
