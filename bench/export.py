@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from trajforge.schemas.arrow import TRAJECTORIES, to_table
-from trajforge.store.export import MEMORY_LIMIT
+from trajforge.store.export import EXPORT_THREADS, MEMORY_LIMIT
 
 COMMIT_ROWS = 10_000
 
@@ -81,7 +81,7 @@ def child_trajforge(out: Path, dest: Path, memory_limit: str) -> dict:
     from trajforge.store.lake import Lake
 
     start = time.perf_counter()
-    with Lake.open(out, read_only=True, memory_limit=memory_limit) as lake:
+    with Lake.open(out, read_only=True, memory_limit=memory_limit, threads=EXPORT_THREADS) as lake:
         result = export(lake, dest, ExportSpec(split={"train": 0.95, "test": 0.05}))
     return {"rows": result.rows, "wall_s": time.perf_counter() - start, "shards": len(result.shards)}
 

@@ -17,8 +17,10 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,12 +307,15 @@ class Lake:
         *,
         lock_timeout_s: float = WRITER_LOCK_TIMEOUT_S,
         memory_limit: str | None = None,
+        threads: int | None = None,
     ) -> Lake:
         """Attach `{out}/catalog.ducklake`; a lake read at an old `snapshot` is read-only.
 
         While another process holds the catalog, retry with backoff for `lock_timeout_s`, then
         fail naming the holder. A writer first deletes the orphans of crashed commits; a reader
-        is sandboxed to the lake's folder, with `memory_limit` (default: half the machine's).
+        is sandboxed to the lake's folder, with `memory_limit` (default: half the machine's) and
+        `threads` (default: DuckDB's, one per core); beyond the limit, sorts spill to a private
+        folder under the system's temporary folder.
         """
         out = Path(out).resolve()
         read_only = read_only or snapshot is not None
@@ -320,7 +325,7 @@ class Lake:
         delay = 0.05
         while True:
             try:
-                return cls._open_once(out, read_only, snapshot, memory_limit)
+                return cls._open_once(out, read_only, snapshot, memory_limit, threads)
             except _Locked as locked:
                 if time.monotonic() + delay > deadline:
                     raise LakeError(
@@ -338,7 +343,9 @@ class Lake:
                 delay = min(delay * 2, 2.0)
 
     @classmethod
-    def _open_once(cls, out: Path, read_only: bool, snapshot: int | None, memory_limit: str | None) -> Lake:
+    def _open_once(
+        cls, out: Path, read_only: bool, snapshot: int | None, memory_limit: str | None, threads: int | None
+    ) -> Lake:
         path = extension_path()
         con = duckdb.connect(":memory:", config=_CONFIG)
         try:
@@ -350,7 +357,7 @@ class Lake:
             con.execute("USE lake")
             lake = cls(con, out, read_only)
             if read_only:
-                _sandbox(con, out, memory_limit)
+                _sandbox(con, out, memory_limit, threads)
             else:
                 lake._create_tables()
                 lake._delete_orphans()
@@ -594,12 +601,20 @@ def _lock_holder(text: str) -> str | None:
     return f"PID {pid} ({command})"
 
 
-def _sandbox(con: duckdb.DuckDBPyConnection, out: Path, memory_limit: str | None) -> None:
+def _sandbox(
+    con: duckdb.DuckDBPyConnection, out: Path, memory_limit: str | None, threads: int | None
+) -> None:
     """Confine a reader to the lake's data files, bound its memory, and lock that in."""
     if memory_limit is None:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         memory_limit = f"{total // 2 // 2**20}MiB"
     con.execute(f"SET memory_limit = {_literal(memory_limit)}")
+    # DuckDB's default spill folder is `.tmp` in the working folder; DuckDB creates this one and
+    # removes it when the connection closes.
+    spill = Path(tempfile.gettempdir()) / f"trajforge-duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    con.execute(f"SET temp_directory = {_literal(str(spill))}")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
     con.execute("SET enable_progress_bar = false")  # it draws on stdout, between csv rows
     con.execute(f"SET allowed_directories = [{_literal(str(out / DATA_DIR) + '/')}]")
     con.execute("SET enable_external_access = false")

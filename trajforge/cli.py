@@ -185,7 +185,9 @@ def _invoked_as() -> str:
     return argv0 if "/" in argv0 and not argv0.endswith(".py") else "trajforge"
 
 
-def _open_lake(out: Path, snapshot: int | None = None, memory_limit: str | None = None) -> Any:
+def _open_lake(
+    out: Path, snapshot: int | None = None, memory_limit: str | None = None, threads: int | None = None
+) -> Any:
     from trajforge.store.lake import READER_LOCK_TIMEOUT_S, Lake, LakeError
 
     try:
@@ -361,7 +363,14 @@ def export(
 ) -> None:
     """Export training shards (Hugging Face layout: data/{split}-00000-of-0000N.parquet, README.md card)."""
     from trajforge.schemas.kinds import PairSource
-    from trajforge.store.export import MEMORY_LIMIT, ExportError, ExportSpec, export, parse_split
+    from trajforge.store.export import (
+        EXPORT_THREADS,
+        MEMORY_LIMIT,
+        ExportError,
+        ExportSpec,
+        export,
+        parse_split,
+    )
     from trajforge.store.lake import Lake, LakeError
 
     try:
@@ -382,7 +391,7 @@ def export(
         )
         if not Lake.exists(out):
             raise ExportError(f"there is no lake at {out}: run `trajforge run --out {out}` first")
-        with _open_lake(out, snapshot, memory_limit=MEMORY_LIMIT) as lake:
+        with _open_lake(out, snapshot, memory_limit=MEMORY_LIMIT, threads=EXPORT_THREADS) as lake:
             result = export(lake, dest, spec, overwrite=overwrite)
     except (ExportError, LakeError) as exc:
         raise fail(str(exc)) from None

@@ -11,12 +11,20 @@ Hugging Face dataset repository. Modules by concern:
 - exporter.py: one export, start to finish
 """
 
-from trajforge.store.export.exporter import MEMORY_LIMIT, ExportResult, ExportSpec, export, export_sft
+from trajforge.store.export.exporter import (
+    EXPORT_THREADS,
+    MEMORY_LIMIT,
+    ExportResult,
+    ExportSpec,
+    export,
+    export_sft,
+)
 from trajforge.store.export.layout import MARKER, parse_split
 from trajforge.store.export.query import ExportError, filtered
 from trajforge.store.export.record import list_exports
 
 __all__ = [
+    "EXPORT_THREADS",
     "MARKER",
     "MEMORY_LIMIT",
     "ExportError",

@@ -27,6 +27,9 @@ from trajforge.store.lake import Lake
 # DuckDB's memory for an export (its ORDER BY spills to disk beyond it): with the Python side's row
 # groups, an export stays under 1 GB whatever the lake's size (bench/export.py).
 MEMORY_LIMIT = "512MiB"
+# One DuckDB thread: the Python side sets the pace anyway, and each thread holds its own sort
+# buffers, which can exhaust a small limit before anything spills.
+EXPORT_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def export(lake: Lake, dest: Path | str, spec: ExportSpec, *, overwrite: bool = 
 
 
 def _examples(lake: Lake, sql: str, fmt: str, opts: convert.Options, dropped: Counter) -> Iterator[Any]:
-    rows = query.stream(lake, sql)
+    rows = query.stream(lake, query.ordered_queries(lake, sql))
     if fmt == "sft":
         return convert.sft_examples(rows, opts)
     if fmt == "prm":

@@ -25,27 +25,50 @@ _PAIR_COLUMNS = (
 )
 
 
+# Bytes of text one sorted pass holds. DuckDB 1.5's ORDER BY cannot spill rows with long strings or
+# nested lists to disk (it runs out of memory instead), so a big table is read in several passes,
+# each a share of the tasks (by a hash of the task id) sorted on its own. The count of passes
+# depends on the data alone, so the same snapshot always gives the same order.
+PASS_BYTES = 32 * 2**20
+
+_SIZE = {
+    "trajectories": "list_sum([strlen(s.observation) + strlen(s.action) + coalesce(strlen(s.thought), 0) "
+    "FOR s IN steps])",
+    "pairs": "strlen(prefix) + strlen(chosen) + strlen(rejected)",
+}
+
+
 def format_query(
     fmt: str, where: str | None = None, sources: tuple[str, ...] = (), min_gap: float | None = None
 ) -> str:
-    """The rows of one format, ordered by (task_id, id): the same snapshot reads the same order."""
+    """The rows of one format with their text's length (`size`), unordered (see `ordered_queries`)."""
     table = SOURCE_TABLE[fmt]
-    # The filter picks rows inside its own subquery: it cannot undo the conditions below or the order.
+    # The filter picks rows inside its own subquery: it cannot undo the conditions below.
     source = f"({filtered(table, where)}) AS filtered" if where else table
     if table == "trajectories":
-        condition = (
-            "success"
-            if fmt == "sft"
-            else "len(steps) > 0 AND list_bool_and([s.value IS NOT NULL FOR s IN steps])"
-        )
-        return f"SELECT {_TRAJECTORY_COLUMNS} FROM {source} WHERE {condition} ORDER BY task_id, id"
+        if fmt == "sft":
+            condition = "success"
+        else:
+            condition = "len(steps) > 0 AND list_bool_and([s.value IS NOT NULL FOR s IN steps])"
+        return f"SELECT {_TRAJECTORY_COLUMNS}, {_SIZE[table]} AS size FROM {source} WHERE {condition}"
     conditions = ["true"]
     if sources:
         conditions.append("source IN (" + ", ".join(_literal(s) for s in sources) + ")")
     if min_gap is not None:
         # A pair with no Q values (a revision) has no gap to compare: --min-gap keeps only measured gaps.
         conditions.append(f"q_chosen - q_rejected >= {float(min_gap)!r}")
-    return f"SELECT {_PAIR_COLUMNS} FROM {source} WHERE {' AND '.join(conditions)} ORDER BY task_id, id"
+    return f"SELECT {_PAIR_COLUMNS}, {_SIZE[table]} AS size FROM {source} WHERE {' AND '.join(conditions)}"
+
+
+def ordered_queries(lake: Lake, query: str) -> list[str]:
+    """`query` split into passes of about PASS_BYTES, each ordered by (task_id, id): rows of a
+    task are consecutive, and the same snapshot reads the same order."""
+    total = lake.sql(f"SELECT coalesce(sum(size), 0) AS bytes FROM ({query})").column(0)[0].as_py()
+    passes = max(1, -(-int(total) // PASS_BYTES))
+    rows = f"SELECT * EXCLUDE (size) FROM ({query})"
+    if passes == 1:
+        return [f"{rows} ORDER BY task_id, id"]
+    return [f"{rows} WHERE hash(task_id) % {passes} = {p} ORDER BY task_id, id" for p in range(passes)]
 
 
 def filtered(table: str, where: str) -> str:
@@ -100,17 +123,18 @@ def constant_thoughts(lake: Lake) -> frozenset[str]:
     template such as "Following the known solution." says nothing, and SFT would teach it."""
     table = lake.sql(
         "SELECT min(thought) AS thought FROM steps GROUP BY policy "
-        "HAVING count(*) >= 2 AND count(thought) = count(*) AND count(DISTINCT thought) = 1"
+        "HAVING count(*) >= 2 AND count(thought) = count(*) AND min(thought) = max(thought)"
     )
     return frozenset(t for t in table.column("thought").to_pylist() if t)
 
 
-def stream(lake: Lake, query: str, rows_per_batch: int = 1_000) -> Iterator[dict[str, Any]]:
-    """The query's rows one by one, read in batches of `rows_per_batch`."""
-    reader: pa.RecordBatchReader = lake.batches(query, rows_per_batch=rows_per_batch)
-    # The reader is drained to the end: an unread result would block the lake's connection.
-    for batch in reader:
-        yield from batch.to_pylist()
+def stream(lake: Lake, queries: list[str], rows_per_batch: int = 1_000) -> Iterator[dict[str, Any]]:
+    """The queries' rows one by one, read in batches of `rows_per_batch`."""
+    for query in queries:
+        reader: pa.RecordBatchReader = lake.batches(query, rows_per_batch=rows_per_batch)
+        # The reader is drained to the end: an unread result would block the lake's connection.
+        for batch in reader:
+            yield from batch.to_pylist()
 
 
 def _literal(text: str) -> str:

@@ -216,6 +216,22 @@ def test_the_same_snapshot_exports_the_same_bytes(lake, tmp_path):
     assert f"lake snapshot: {lake.snapshot_id()}" in card_a and f"config hash: {first.config_hash}" in card_a
 
 
+def test_a_big_lake_is_read_in_passes_of_whole_tasks_in_a_fixed_order(lake, tmp_path, monkeypatch):
+    from trajforge.store.export import query
+
+    whole = export(lake, tmp_path / "one", ExportSpec(format="kto"))
+    monkeypatch.setattr(query, "PASS_BYTES", 2_000)  # many passes over this small lake
+    assert len(query.ordered_queries(lake, query.format_query("kto"))) > 3
+    first, second = (
+        export(lake, tmp_path / "a", ExportSpec(format="kto")),
+        export(lake, tmp_path / "b", ExportSpec(format="kto")),
+    )
+    assert first.rows == whole.rows and first.shards[0].read_bytes() == second.shards[0].read_bytes()
+    tasks = load(tmp_path / "a")["train"]["task_id"]
+    runs = [t for i, t in enumerate(tasks) if i == 0 or tasks[i - 1] != t]
+    assert len(runs) == len(set(tasks))  # each task's rows together: duplicates are found per task
+
+
 def test_exports_are_recorded(lake, toy_lake, tmp_path):
     dest = tmp_path / "sft"
     export(lake, dest, ExportSpec(where="env = 'toy'"))
