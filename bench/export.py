@@ -76,20 +76,29 @@ def build(out: Path, rows: int, steps: int, obs_chars: int) -> None:
             lake.commit({"trajectories": to_table(batch, TRAJECTORIES)}, run)
 
 
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def child_trajforge(out: Path, dest: Path, memory_limit: str) -> dict:
     from trajforge.store.export import ExportSpec, export
     from trajforge.store.lake import Lake
 
+    imported = _rss_mb()
     start = time.perf_counter()
     with Lake.open(out, read_only=True, memory_limit=memory_limit, threads=EXPORT_THREADS) as lake:
         result = export(lake, dest, ExportSpec(split={"train": 0.95, "test": 0.05}))
-    return {"rows": result.rows, "wall_s": time.perf_counter() - start, "shards": len(result.shards)}
+    return {"rows": result.rows, "wall_s": time.perf_counter() - start, "imports_mb": imported}
 
 
 def child_baseline(out: Path, dest: Path, memory_limit: str) -> dict:
     from trajforge.schemas.conversation import messages
     from trajforge.store.lake import Lake
 
+    imported = _rss_mb()
     start = time.perf_counter()
     with Lake.open(out, read_only=True) as lake:  # DuckDB's default limit: the whole table must fit
         df = lake.sql("SELECT * FROM trajectories WHERE success ORDER BY task_id, trajectory_id").to_pandas()
@@ -97,7 +106,7 @@ def child_baseline(out: Path, dest: Path, memory_limit: str) -> dict:
     with (dest / "train.jsonl").open("w") as f:
         for row in df.itertuples():
             f.write(json.dumps({"messages": messages(row.env, row.instruction, list(row.steps))}) + "\n")
-    return {"rows": len(df), "wall_s": time.perf_counter() - start, "shards": 1}
+    return {"rows": len(df), "wall_s": time.perf_counter() - start, "imports_mb": imported}
 
 
 def measure(kind: str, out: Path, dest: Path, memory_limit: str) -> dict:
@@ -137,7 +146,9 @@ def main() -> None:
             f"lake: {args.rows} trajectories x {args.steps} steps, {args.obs_chars}-char observations, "
             f"{data_mb:.0f} MB of Parquet, built in {time.perf_counter() - t0:.0f} s"
         )
-        print(f"{'approach':<28}{'rows':>9}{'wall s':>9}{'rows/s':>10}{'peak RSS MB':>13}")
+        print(
+            f"{'approach':<28}{'rows':>9}{'wall s':>9}{'rows/s':>10}{'peak RSS MB':>13}{'after imports':>15}"
+        )
         results = {}
         for kind, label in (
             ("trajforge", "trajforge export (stream)"),
@@ -146,7 +157,10 @@ def main() -> None:
             r = measure(kind, root / "lake", root / kind, args.memory_limit)
             results[kind] = r
             rate = r["rows"] / r["wall_s"]
-            print(f"{label:<28}{r['rows']:>9}{r['wall_s']:>9.1f}{rate:>10.0f}{r['peak_rss_mb']:>13.0f}")
+            print(
+                f"{label:<28}{r['rows']:>9}{r['wall_s']:>9.1f}{rate:>10.0f}{r['peak_rss_mb']:>13.0f}"
+                f"{r['imports_mb']:>15.0f}"
+            )
         ours, base = results["trajforge"], results["baseline"]
         speed = ours["rows"] / ours["wall_s"] / (base["rows"] / base["wall_s"])
         print(

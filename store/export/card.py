@@ -82,7 +82,7 @@ Training data manufactured by trajforge: {_WHAT[meta["format"]]}.
 
 - lake snapshot: {meta["snapshot_id"]} (read with `trajforge sql --snapshot {meta["snapshot_id"]}`)
 - filter: {meta["where"] or "none"}
-- rows by source: {sources}
+- rows by pair source (dpo, kto) or policy (sft, prm): {sources}
 - rows left out, by reason: {dropped}
 - options: {_options(meta)}
 - config hash: {meta["config_hash"]} (trajforge {meta["code_version"]})

@@ -29,7 +29,7 @@ _PAIR_COLUMNS = (
 # nested lists to disk (it runs out of memory instead), so a big table is read in several passes,
 # each a share of the tasks (by a hash of the task id) sorted on its own. The count of passes
 # depends on the data alone, so the same snapshot always gives the same order.
-PASS_BYTES = 32 * 2**20
+PASS_BYTES = 128 * 2**20  # sorted within the exporter's DuckDB memory limit (512 MiB), measured
 
 _SIZE = {
     "trajectories": "list_sum([strlen(s.observation) + strlen(s.action) + coalesce(strlen(s.thought), 0) "
