@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from trajforge.schemas.arrow import TRAJECTORIES, to_table
-from trajforge.store.export import EXPORT_THREADS, MEMORY_LIMIT
+from trajforge.store.export import MEMORY_LIMIT, reader_limits
 
 COMMIT_ROWS = 10_000
 
@@ -89,7 +89,7 @@ def child_trajforge(out: Path, dest: Path, memory_limit: str) -> dict:
 
     imported = _rss_mb()
     start = time.perf_counter()
-    with Lake.open(out, read_only=True, memory_limit=memory_limit, threads=EXPORT_THREADS) as lake:
+    with Lake.open(out, read_only=True, **{**reader_limits(), "memory_limit": memory_limit}) as lake:
         result = export(lake, dest, ExportSpec(split={"train": 0.95, "test": 0.05}))
     return {"rows": result.rows, "wall_s": time.perf_counter() - start, "imports_mb": imported}
 

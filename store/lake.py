@@ -17,10 +17,8 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -308,14 +306,15 @@ class Lake:
         lock_timeout_s: float = WRITER_LOCK_TIMEOUT_S,
         memory_limit: str | None = None,
         threads: int | None = None,
+        spill_dir: Path | None = None,
     ) -> Lake:
         """Attach `{out}/catalog.ducklake`; a lake read at an old `snapshot` is read-only.
 
         While another process holds the catalog, retry with backoff for `lock_timeout_s`, then
         fail naming the holder. A writer first deletes the orphans of crashed commits; a reader
         is sandboxed to the lake's folder, with `memory_limit` (default: half the machine's) and
-        `threads` (default: DuckDB's, one per core); beyond the limit, sorts spill to a private
-        folder under the system's temporary folder.
+        `threads` (default: DuckDB's, one per core) and `spill_dir` (default: DuckDB's, `.tmp` in
+        the working folder), where DuckDB spills beyond its limit (it creates and removes it).
         """
         out = Path(out).resolve()
         read_only = read_only or snapshot is not None
@@ -325,7 +324,7 @@ class Lake:
         delay = 0.05
         while True:
             try:
-                return cls._open_once(out, read_only, snapshot, memory_limit, threads)
+                return cls._open_once(out, read_only, snapshot, (memory_limit, threads, spill_dir))
             except _Locked as locked:
                 if time.monotonic() + delay > deadline:
                     raise LakeError(
@@ -344,7 +343,11 @@ class Lake:
 
     @classmethod
     def _open_once(
-        cls, out: Path, read_only: bool, snapshot: int | None, memory_limit: str | None, threads: int | None
+        cls,
+        out: Path,
+        read_only: bool,
+        snapshot: int | None,
+        limits: tuple[str | None, int | None, Path | None],
     ) -> Lake:
         path = extension_path()
         con = duckdb.connect(":memory:", config=_CONFIG)
@@ -357,7 +360,7 @@ class Lake:
             con.execute("USE lake")
             lake = cls(con, out, read_only)
             if read_only:
-                _sandbox(con, out, memory_limit, threads)
+                _sandbox(con, out, *limits)
             else:
                 lake._create_tables()
                 lake._delete_orphans()
@@ -602,17 +605,19 @@ def _lock_holder(text: str) -> str | None:
 
 
 def _sandbox(
-    con: duckdb.DuckDBPyConnection, out: Path, memory_limit: str | None, threads: int | None
+    con: duckdb.DuckDBPyConnection,
+    out: Path,
+    memory_limit: str | None,
+    threads: int | None = None,
+    spill_dir: Path | None = None,
 ) -> None:
     """Confine a reader to the lake's data files, bound its memory, and lock that in."""
     if memory_limit is None:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         memory_limit = f"{total // 2 // 2**20}MiB"
     con.execute(f"SET memory_limit = {_literal(memory_limit)}")
-    # DuckDB's default spill folder is `.tmp` in the working folder; DuckDB creates this one and
-    # removes it when the connection closes.
-    spill = Path(tempfile.gettempdir()) / f"trajforge-duckdb-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    con.execute(f"SET temp_directory = {_literal(str(spill))}")
+    if spill_dir is not None:
+        con.execute(f"SET temp_directory = {_literal(str(spill_dir))}")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     con.execute("SET enable_progress_bar = false")  # it draws on stdout, between csv rows

@@ -185,18 +185,13 @@ def _invoked_as() -> str:
     return argv0 if "/" in argv0 and not argv0.endswith(".py") else "trajforge"
 
 
-def _open_lake(
-    out: Path, snapshot: int | None = None, memory_limit: str | None = None, threads: int | None = None
-) -> Any:
+def _open_lake(out: Path, snapshot: int | None = None, **limits: Any) -> Any:
+    """The lake read-only; `limits`: Lake.open's memory_limit, threads, spill_dir."""
     from trajforge.store.lake import READER_LOCK_TIMEOUT_S, Lake, LakeError
 
     try:
         return Lake.open(
-            out,
-            read_only=True,
-            snapshot=snapshot,
-            lock_timeout_s=READER_LOCK_TIMEOUT_S,
-            memory_limit=memory_limit,
+            out, read_only=True, snapshot=snapshot, lock_timeout_s=READER_LOCK_TIMEOUT_S, **limits
         )
     except LakeError as exc:
         raise fail(str(exc)) from None
@@ -364,12 +359,11 @@ def export(
     """Export training shards (Hugging Face layout: data/{split}-00000-of-0000N.parquet, README.md card)."""
     from trajforge.schemas.kinds import PairSource
     from trajforge.store.export import (
-        EXPORT_THREADS,
-        MEMORY_LIMIT,
         ExportError,
         ExportSpec,
         export,
         parse_split,
+        reader_limits,
     )
     from trajforge.store.lake import Lake, LakeError
 
@@ -391,7 +385,7 @@ def export(
         )
         if not Lake.exists(out):
             raise ExportError(f"there is no lake at {out}: run `trajforge run --out {out}` first")
-        with _open_lake(out, snapshot, memory_limit=MEMORY_LIMIT, threads=EXPORT_THREADS) as lake:
+        with _open_lake(out, snapshot, **reader_limits()) as lake:
             result = export(lake, dest, spec, overwrite=overwrite)
     except (ExportError, LakeError) as exc:
         raise fail(str(exc)) from None

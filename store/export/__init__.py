@@ -18,6 +18,7 @@ from trajforge.store.export.exporter import (
     ExportSpec,
     export,
     export_sft,
+    reader_limits,
 )
 from trajforge.store.export.layout import MARKER, parse_split
 from trajforge.store.export.query import ExportError, filtered
@@ -27,6 +28,7 @@ __all__ = [
     "EXPORT_THREADS",
     "MARKER",
     "MEMORY_LIMIT",
+    "reader_limits",
     "ExportError",
     "ExportResult",
     "ExportSpec",

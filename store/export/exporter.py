@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,6 +33,12 @@ MEMORY_LIMIT = "512MiB"
 # One DuckDB thread: the Python side sets the pace anyway, and each thread holds its own sort
 # buffers, which can exhaust a small limit before anything spills.
 EXPORT_THREADS = 1
+
+
+def reader_limits() -> dict[str, Any]:
+    """Lake.open's limits for an export: memory, threads, and a private spill folder."""
+    spill = Path(tempfile.gettempdir()) / f"trajforge-export-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return {"memory_limit": MEMORY_LIMIT, "threads": EXPORT_THREADS, "spill_dir": spill}
 
 
 @dataclass(frozen=True)
