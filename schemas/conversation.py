@@ -38,3 +38,11 @@ def messages(
             break
         out.append({"role": "assistant", "content": assistant_text(step["action"], step.get("thought"))})
     return out
+
+
+def parse_assistant_text(text: str) -> tuple[str, str | None]:
+    """(action, thought) of an assistant turn written by `assistant_text`: its inverse."""
+    if text.startswith("Thought: ") and "\nAction: " in text:
+        thought, _, action = text[len("Thought: ") :].rpartition("\nAction: ")
+        return action, thought
+    return text, None

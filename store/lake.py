@@ -102,12 +102,16 @@ class Lake:
         *,
         lock_timeout_s: float = WRITER_LOCK_TIMEOUT_S,
         memory_limit: str | None = None,
+        threads: int | None = None,
+        spill_dir: Path | None = None,
     ) -> Lake:
         """Attach `{out}/catalog.ducklake`; a lake read at an old `snapshot` is read-only.
 
         While another process holds the catalog, retry with backoff for `lock_timeout_s`, then
         fail naming the holder. A writer first deletes the orphans of crashed commits; a reader
-        is sandboxed to the lake's folder, with `memory_limit` (default: half the machine's).
+        is sandboxed to the lake's folder, with `memory_limit` (default: half the machine's) and
+        `threads` (default: DuckDB's, one per core) and `spill_dir` (default: DuckDB's, `.tmp` in
+        the working folder), where DuckDB spills beyond its limit (it creates and removes it).
         """
         out = Path(out).resolve()
         read_only = read_only or snapshot is not None
@@ -117,7 +121,7 @@ class Lake:
         delay = 0.05
         while True:
             try:
-                return cls._open_once(out, read_only, snapshot, memory_limit)
+                return cls._open_once(out, read_only, snapshot, (memory_limit, threads, spill_dir))
             except _Locked as locked:
                 if time.monotonic() + delay > deadline:
                     raise LakeError(
@@ -135,7 +139,13 @@ class Lake:
                 delay = min(delay * 2, 2.0)
 
     @classmethod
-    def _open_once(cls, out: Path, read_only: bool, snapshot: int | None, memory_limit: str | None) -> Lake:
+    def _open_once(
+        cls,
+        out: Path,
+        read_only: bool,
+        snapshot: int | None,
+        limits: tuple[str | None, int | None, Path | None],
+    ) -> Lake:
         path = extension_path()
         con = connect()
         try:
@@ -147,7 +157,7 @@ class Lake:
             con.execute("USE lake")
             lake = cls(con, out, read_only)
             if read_only:
-                sandbox(con, out / DATA_DIR, memory_limit)
+                sandbox(con, out / DATA_DIR, *limits)
             else:
                 lake._create_tables()
                 lake._delete_orphans()

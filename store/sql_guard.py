@@ -171,12 +171,22 @@ def _functions(node: Any) -> Iterator[tuple[str, bool]]:
             yield from _functions(value)
 
 
-def sandbox(con: duckdb.DuckDBPyConnection, data_dir: Path, memory_limit: str | None) -> None:
+def sandbox(
+    con: duckdb.DuckDBPyConnection,
+    data_dir: Path,
+    memory_limit: str | None,
+    threads: int | None = None,
+    spill_dir: Path | None = None,
+) -> None:
     """Confine a reader to the files under `data_dir`, bound its memory, and lock that in."""
     if memory_limit is None:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         memory_limit = f"{total // 2 // 2**20}MiB"
     con.execute(f"SET memory_limit = {literal(memory_limit)}")
+    if spill_dir is not None:
+        con.execute(f"SET temp_directory = {literal(str(spill_dir))}")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
     con.execute("SET enable_progress_bar = false")  # it draws on stdout, between csv rows
     con.execute(f"SET allowed_directories = [{literal(str(data_dir) + '/')}]")
     con.execute("SET enable_external_access = false")

@@ -78,7 +78,7 @@ class OraclePolicy:
     def act(self, ctx: Context) -> Decision:
         plan = ctx.env.walkthrough()
         if plan:
-            return Decision(plan[0], thought="Following the known solution.")
+            return Decision(plan[0])  # a walkthrough gives no reasoning: no thought is data
         return self._fallback.act(ctx)
 
 

@@ -81,3 +81,69 @@ def out(tmp_path):
 def make() -> SimpleNamespace:
     """Row builders for the store tests (a fixture, so no test imports another test file)."""
     return SimpleNamespace(trajectory=trajectory, task=task, run_row=run_row, batch=batch, now=NOW)
+
+
+def _toy_search_rows(tasks: int = 8) -> dict[str, list[dict]]:
+    """A small real run without Prefect or Beam: MCTS (random policy, every terminal path kept, so
+    there are step values and sibling pairs) and best-of-n rollouts (failures among them) on toy
+    tasks, then trajectory pairs per task, as the pipeline mines them."""
+    from trajforge.environments.toy import ToyEnvironment
+    from trajforge.pipelines.spec import planned_task
+    from trajforge.synthesizers.pairs import trajectory_pairs
+    from trajforge.synthesizers.policies import RandomPolicy
+    from trajforge.synthesizers.records import item_key, search_records
+    from trajforge.synthesizers.search import Budget, SearchSettings, search, search_seed
+
+    env = ToyEnvironment(max_length=5)
+    settings = [
+        SearchSettings(method="mcts", max_steps=12, budget=Budget(env_steps=120)),
+        SearchSettings(method="best_of_n", max_steps=4, samples=3),
+    ]
+    rows: dict[str, list[dict]] = {"tasks": [], "trajectories": [], "pairs": []}
+    for spec in env.task_specs(tasks, 7):
+        task = {**planned_task("toy", spec.env_task, spec.seed), "instruction": spec.instruction}
+        found = []
+        for s in settings:
+            result = search(env, spec, RandomPolicy(), s, search_seed(task["task_id"], "random", s))
+            for table, row in search_records(
+                task, "random", item_key("random", s), result, s, run_id="run-toy", keep_terminal_paths=True
+            ):
+                if table in rows:
+                    rows[table].append(row)
+                    found += [row] if table == "trajectories" else []
+        rows["tasks"].append(
+            {k: task[k] for k in ("task_id", "env", "env_task", "seed")}
+            | {
+                "instruction": found[0]["instruction"],
+                "source": "env",
+                "run_id": "run-toy",
+                "created_at": NOW,
+            }
+        )
+        rows["pairs"] += [p.row() for p in trajectory_pairs(found, max_pairs=2)]
+    return rows
+
+
+@pytest.fixture(scope="session")
+def toy_lake(tmp_path_factory) -> Any:
+    """The folder of a lake holding a small toy run (see _toy_search_rows), plus one policy whose
+    every step carries the same thought (a template: the export must leave it out)."""
+    from trajforge.schemas.arrow import PAIRS
+    from trajforge.store.lake import Lake
+
+    out = tmp_path_factory.mktemp("toy-lake") / "out"
+    rows = _toy_search_rows()
+    template = [
+        {**trajectory(i, steps=3), "policy": "template", "task_id": rows["tasks"][i]["task_id"]}
+        for i in range(2)
+    ]
+    for t in template:
+        t["steps"] = [{**s, "thought": "Following the known solution."} for s in t["steps"]]
+    tables = {
+        "tasks": to_table(rows["tasks"], TASKS),
+        "trajectories": to_table(rows["trajectories"] + template, TRAJECTORIES),
+        "pairs": to_table(rows["pairs"], PAIRS),
+    }
+    with Lake.open(out) as lake:
+        lake.commit(tables, run_row("run-toy"))
+    return out

@@ -105,7 +105,7 @@ def test_export_overwrite_replaces_an_earlier_export(place, tmp_path):
 
 
 def exported_ids(dest: Path) -> list[str]:
-    return pq.read_table(dest / "data").column("trajectory_id").to_pylist()
+    return sorted(pq.read_table(dest / "data").column("trajectory_id").to_pylist())  # in task order
 
 
 def test_export_where_injection_exports_only_successful_trajectories(place, tmp_path):
@@ -275,3 +275,51 @@ def test_sql_csv_writes_nested_columns_as_json_text(place):
     assert steps.returncode == 0, steps.stderr
     [row] = list(csvlib.DictReader(io.StringIO(steps.stdout)))
     assert [s["index"] for s in json.loads(row["steps"])] == [0, 1]
+
+
+def test_export_formats_from_the_command_line_and_the_exports_list(place, tmp_path):
+    _, _, out = place
+    dest = tmp_path / "sg"
+    args = (
+        "export",
+        "--out",
+        str(out),
+        "--dest",
+        str(dest),
+        "--style",
+        "sharegpt",
+        "--split",
+        "train=0.5,test=0.5",
+    )
+    with Lake.open(out, read_only=True) as lake:
+        snapshot = lake.snapshot_id()
+    result = trajforge(place, *args, "--snapshot", str(snapshot))
+    assert result.returncode == 0, result.stderr
+    assert "3 sft rows" in result.stdout and f"from snapshot {snapshot}" in result.stdout
+    assert (dest / "dataset_info.json").is_file() and (dest / "README.md").is_file()
+    refused(
+        trajforge(
+            place,
+            "export",
+            "--out",
+            str(out),
+            "--dest",
+            str(tmp_path / "x"),
+            "--format",
+            "prm",
+            "--style",
+            "openai",
+        ),
+        "--style trl",
+    )
+    refused(trajforge(place, *args[:4], str(tmp_path / "y"), "--split", "train=0.9,dev=0.1"), "--split")
+    listed = trajforge(place, "exports", "--out", str(out), "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert (row["format"], row["style"], row["snapshot_id"], row["status"]) == (
+        "sft",
+        "sharegpt",
+        snapshot,
+        "present",
+    )
+    assert row["dest"] == str(dest)

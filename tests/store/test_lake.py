@@ -273,6 +273,7 @@ from trajforge.store.lake import Lake
 with Lake.open(sys.argv[1], read_only=True):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
+print("released", time.time(), flush=True)
 """
 
 
@@ -292,8 +293,10 @@ def test_a_writer_waits_for_a_reader_that_holds_the_lake(out, make):
     try:
         started = time.monotonic()
         with Lake.open(out, lock_timeout_s=60) as lake:
-            waited = time.monotonic() - started
-            assert holder.poll() is not None  # the writer got in once the reader had gone
+            entered, waited = time.time(), time.monotonic() - started
+            # The writer got in once the reader had let go (its process may not have exited yet).
+            word, released = holder.stdout.readline().split()
+            assert word == "released" and float(released) <= entered
             result = lake.commit(make.batch([make.trajectory(1)]), make.run_row("run-2"))
         assert result.added["trajectories"] == 1
         assert 1 < waited < 30
