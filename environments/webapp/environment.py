@@ -6,8 +6,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from trajforge.environments.base import ConfigError, Reset, StepOutcome, TaskSpec
+from trajforge.environments.base import ConfigError, EnvironmentFailure, Reset, StepOutcome, TaskSpec
 from trajforge.environments.browser import LocalSiteEnvironment, quote
+from trajforge.environments.goals import Fact, PredicateKind
+from trajforge.environments.webapp import goals
 from trajforge.environments.webapp.server import ShopServer
 from trajforge.environments.webapp.tasks import TEMPLATES, ShopTask, make_task
 
@@ -26,6 +28,7 @@ class WebAppEnvironment(LocalSiteEnvironment):
             raise ConfigError(f"templates: {unknown or '[]'} invalid; choose among {', '.join(TEMPLATES)}")
         self._shop_task: ShopTask | None = None
         self._plan_pos: int | None = 0  # plan steps followed so far; None once the agent left the plan
+        self._free = False  # free play: a goal (environments.goals) judges, not the template
 
     def task_specs(self, n: int, seed: int) -> list[TaskSpec]:
         rng = random.Random(seed)
@@ -85,6 +88,8 @@ class WebAppEnvironment(LocalSiteEnvironment):
 
     async def _judge(self, page: Any) -> tuple[float, bool, bool | None, dict[str, Any]]:
         assert self._site is not None and self._shop_task is not None
+        if self._free:
+            return 0.0, False, None, {}
         with self._site.lock:
             shop = self._site.shop
             if self._shop_task.check(shop):
@@ -94,4 +99,30 @@ class WebAppEnvironment(LocalSiteEnvironment):
         return 0.0, False, None, {}
 
     def _type_values(self) -> list[str]:
+        if self._free and self._site is not None:
+            return self.typeable_values()
         return list(self._shop_task.fields.values()) if self._shop_task else []
+
+    # ---- the goal contract (environments.goals) ----
+
+    def predicate_kinds(self) -> list[PredicateKind]:
+        return list(goals.KINDS)
+
+    def _shop(self) -> Any:
+        if self._site is None:
+            raise EnvironmentFailure("webapp: no episode is running; call reset(task) first")
+        return self._site.shop
+
+    def facts(self) -> frozenset[Fact]:
+        shop = self._shop()
+        with self._site.lock:
+            return goals.facts(shop)
+
+    def slot_values(self) -> dict[str, list[str]]:
+        return goals.slot_values(self._shop())
+
+    def typeable_values(self) -> list[str]:
+        return goals.typeable_values(self._shop())
+
+    def free_play(self, on: bool) -> None:
+        self._free = on
