@@ -7,6 +7,8 @@ An environment speaks it through optional hooks (plugins may implement them too)
     slot_values() -> dict[str, list[str]]      the instance's values of each slot type
     typeable_values() -> list[str]             texts the agent can type (catalogue, names, emails)
     free_play(on: bool)                        (optional) stop judging the base task: the goal judges
+    goal_templates() -> dict[str, Template]    (optional) goal forms filled from the instance
+    vocabulary() -> dict[str, list[str]]       (optional) slot values of the environment type at large
 
 A fact is a tuple (kind, value, ...); the checker of a goal is "each of its facts holds"
 (`goal_holds`). A synthesized task's env_task is `goal:` + canonical JSON of its base task, goal
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +49,14 @@ class PredicateKind:
 
     def phrase(self, fact: Fact, index: int) -> str:
         return self.phrasings[index % len(self.phrasings)].format(*fact[1:])
+
+
+class SlotAbsent(Exception):
+    """A template slot the instance holds no value for (a counted drop, never a random fill)."""
+
+
+# A goal template: the current instance's facts of one goal form, drawing among its values.
+Template = Callable[[random.Random], list[Fact]]
 
 
 @dataclass(frozen=True)

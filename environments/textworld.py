@@ -442,6 +442,12 @@ class TextWorldEnvironment:
     def typeable_values(self) -> list[str]:
         return []  # a text game's commands are all in admissible_actions
 
+    def goal_templates(self) -> dict[str, Any]:
+        return tw_goals.templates(self._current().facts or [])
+
+    def vocabulary(self) -> dict[str, list[str]]:
+        return tw_goals.vocabulary()
+
     def _chain(self) -> tuple[Any, Any, Any, Any]:
         """StateTracking, Inform7Data, GameData and JerichoEnv under TWInform7 (textworld 1.7.0)."""
         tracking = self._env._wrapped_env

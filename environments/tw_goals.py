@@ -3,10 +3,11 @@ TextWorld reports (`EnvInfos(facts=True)`), on an allowed list; other facts have
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from typing import Any
 
-from trajforge.environments.goals import Fact, PredicateKind
+from trajforge.environments.goals import Fact, PredicateKind, SlotAbsent, Template
 
 KINDS: tuple[PredicateKind, ...] = (
     PredicateKind(
@@ -66,3 +67,65 @@ def slot_values(props: Iterable[Any]) -> dict[str, list[str]]:
             if v.type in ("oven", "stove"):
                 out["container"].add(v.name)
     return {k: sorted(v) for k, v in out.items()}
+
+
+def templates(props: Iterable[Any]) -> dict[str, Template]:
+    """Goal forms filled from the game's facts at reset: what is there, cuttable, cookable..."""
+    fs = facts(props)
+    values = slot_values(props)
+
+    def having(kind: str) -> list[str]:
+        return sorted(f[1] for f in fs if f[0] == kind)
+
+    def pick(items: list[str], what: str, rng: random.Random) -> str:
+        if not items:
+            raise SlotAbsent(f"{what}: none in this game")
+        return rng.choice(items)
+
+    cooker = {"oven": "roasted", "stove": "fried", "BBQ": "grilled"}
+
+    def take(rng: random.Random) -> list[Fact]:
+        return [("carried", pick([f for f in values["food"] if ("carried", f) not in fs], "food", rng))]
+
+    def open_(rng: random.Random) -> list[Fact]:
+        return [("open", pick(having("closed"), "closed container", rng))]
+
+    def cut(rng: random.Random) -> list[Fact]:
+        return [(rng.choice(["sliced", "chopped", "diced"]), pick(having("uncut"), "uncut food", rng))]
+
+    def cook(rng: random.Random) -> list[Fact]:
+        cookers = [c for c in cooker if c in values["thing"]]
+        return [(cooker[pick(cookers, "cooker", rng)], pick(having("cookable"), "cookable food", rng))]
+
+    def put(rng: random.Random) -> list[Fact]:
+        food = pick(values["food"], "food", rng)
+        supports = [s for s in values["support"] if ("on", food, s) not in fs]
+        return [("on", food, pick(supports, "support", rng))]
+
+    def eat(rng: random.Random) -> list[Fact]:
+        return [("eaten", pick(having("edible"), "edible food", rng))]
+
+    def take_and_open(rng: random.Random) -> list[Fact]:
+        return take(rng) + open_(rng)
+
+    return {
+        "take": take,
+        "open": open_,
+        "cut": cut,
+        "cook": cook,
+        "put": put,
+        "eat": eat,
+        "take_and_open": take_and_open,
+    }
+
+
+def vocabulary() -> dict[str, list[str]]:
+    """Slot values of any cooking game (the naive arm of bench/tasks.py draws from these)."""
+    foods = ["red apple", "yellow potato", "tomato", "carrot", "red onion", "black pepper", "egg"]
+    return {
+        "thing": [*foods, "knife", "cookbook"],
+        "food": foods,
+        "room": ["kitchen", "pantry", "garden", "backyard"],
+        "container": ["fridge", "oven", "toolbox"],
+        "support": ["counter", "table", "shelf"],
+    }

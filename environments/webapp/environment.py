@@ -126,3 +126,9 @@ class WebAppEnvironment(LocalSiteEnvironment):
 
     def free_play(self, on: bool) -> None:
         self._free = on
+
+    def goal_templates(self) -> dict[str, Any]:
+        return goals.templates(self._shop(), self.templates)
+
+    def vocabulary(self) -> dict[str, list[str]]:
+        return goals.vocabulary()

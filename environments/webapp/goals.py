@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import random
 
-from trajforge.environments.goals import Fact, PredicateKind
-from trajforge.environments.webapp.shop import Shop
+from trajforge.environments.goals import Fact, PredicateKind, SlotAbsent, Template
+from trajforge.environments.webapp.shop import COLORS, Product, Shop
+from trajforge.environments.webapp.shop import KINDS as KIND_NAMES
 
 KINDS: tuple[PredicateKind, ...] = (
     PredicateKind(
@@ -143,3 +144,62 @@ def facts(shop: Shop) -> frozenset[Fact]:
         out.update(("cart_total_at_most", str(b)) for b in bounds(shop) if total <= b)
         out.update(("cart_lines_at_least", str(n)) for n in (2, 3) if len(shop.cart) >= n)
     return frozenset(out)
+
+
+def templates(shop: Shop, names: list[str]) -> dict[str, Template]:
+    """The goal forms of the shop's templates (WebAppEnvironment's `templates` option names
+    which), filled only from this shop."""
+
+    def in_stock(rng: random.Random) -> Product:
+        stocked = [p for p in shop.products if p.stock > 0]
+        if not stocked:
+            raise SlotAbsent("product: nothing in stock")
+        return rng.choice(stocked)
+
+    def add_to_cart(rng: random.Random) -> list[Fact]:
+        return [("in_cart", in_stock(rng).name.lower())]
+
+    def cheapest_in_category(rng: random.Random) -> list[Fact]:
+        cats = sorted({p.category for p in shop.products if p.stock > 0})
+        if not cats:
+            raise SlotAbsent("category: no category has stock")
+        cat = rng.choice(cats)
+        p = min(
+            (p for p in shop.products if p.category == cat and p.stock > 0), key=lambda p: (p.price, p.pid)
+        )
+        return [("in_cart", p.name.lower())]
+
+    def under_price(rng: random.Random) -> list[Fact]:
+        p = in_stock(rng)
+        bound = min(b for b in bounds(shop) if b >= p.price)
+        return [("in_cart", p.name.lower()), ("cart_total_at_most", str(bound))]
+
+    def buy(rng: random.Random) -> list[Fact]:
+        return [("ordered", in_stock(rng).name.lower()), ("order_email", rng.choice(contacts(shop)["email"]))]
+
+    def update_email(rng: random.Random) -> list[Fact]:
+        return [("profile_email", rng.choice(contacts(shop)["email"]))]
+
+    forms = {
+        "add_to_cart": add_to_cart,
+        "cheapest_in_category": cheapest_in_category,
+        "under_price": under_price,
+        "buy": buy,
+        "update_email": update_email,
+    }
+    return {name: forms[name] for name in names}
+
+
+def vocabulary() -> dict[str, list[str]]:
+    """Slot values of any shop (the naive arm of bench/tasks.py draws from these)."""
+    products = [f"{c} {k}" for c in COLORS for ks in KIND_NAMES.values() for k in ks]
+    emails = [n.split()[0].lower() + "@example.org" for n in NAMES]
+    return {
+        "product": products,
+        "quantity": ["2", "3", "5"],
+        "name": NAMES,
+        "email": emails,
+        "address": [f"{n} {s}" for n in (1, 12, 40) for s in STREETS],
+        "bound": ["25", "50", "100", "200"],
+        "count": ["2", "3", "4"],
+    }
