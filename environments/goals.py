@@ -9,6 +9,7 @@ An environment speaks it through optional hooks (plugins may implement them too)
     free_play(on: bool)                        (optional) stop judging the base task: the goal judges
     goal_templates() -> dict[str, Template]    (optional) goal forms filled from the instance
     vocabulary() -> dict[str, list[str]]       (optional) slot values of the environment type at large
+    location() -> str                          (optional) where the agent is (a page), beside the facts
 
 A fact is a tuple (kind, value, ...); the checker of a goal is "each of its facts holds"
 (`goal_holds`). A synthesized task's env_task is `goal:` + canonical JSON of its base task, goal

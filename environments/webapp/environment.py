@@ -124,6 +124,10 @@ class WebAppEnvironment(LocalSiteEnvironment):
     def typeable_values(self) -> list[str]:
         return goals.typeable_values(self._shop())
 
+    def location(self) -> str:
+        """Where the browser is (the page's path): exploration tells pages of one state apart."""
+        return str(self._info().get("url", "")).split("?")[0]
+
     def free_play(self, on: bool) -> None:
         self._free = on
 

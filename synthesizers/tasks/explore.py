@@ -15,8 +15,15 @@ from trajforge.environments.base import TaskSpec
 from trajforge.environments.goals import Fact
 
 
-def signature(facts: frozenset[Fact]) -> str:
-    return hashlib.sha256(repr(sorted(facts)).encode()).hexdigest()[:16]
+def signature(facts: frozenset[Fact], where: str = "") -> str:
+    """A cell's key: its facts, and where the agent is when the environment says (a web page:
+    navigating changes no fact, yet a product page is a state worth returning to)."""
+    return hashlib.sha256(repr((sorted(facts), where)).encode()).hexdigest()[:16]
+
+
+def _where(env: Any) -> str:
+    locate = getattr(env, "location", None)
+    return locate() if callable(locate) else ""
 
 
 @dataclass
@@ -60,7 +67,7 @@ def explore(env: Any, base: TaskSpec, steps: int, seed: int, horizon: int = 6) -
     env.reset(free_play(base))
     snap = env.supports_snapshot
     root = Cell((), env.facts(), snapshot=env.snapshot() if snap else None)
-    archive.root = signature(root.facts)
+    archive.root = signature(root.facts, _where(env))
     archive.cells[archive.root] = root
     while archive.env_steps < steps:
         sig, cell = _choose(archive, rng)
@@ -83,7 +90,7 @@ def explore(env: Any, base: TaskSpec, steps: int, seed: int, horizon: int = 6) -
             path.append(action)
             facts = env.facts()
             archive.trace.append((tuple(path), facts))
-            sig = signature(facts)
+            sig = signature(facts, _where(env))
             known = archive.cells.get(sig)
             if known is None:
                 known = archive.cells[sig] = Cell(

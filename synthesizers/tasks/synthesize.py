@@ -49,6 +49,7 @@ class Synthesis:
     env_steps: Counter = field(default_factory=Counter)  # by stage
     wall_s: Counter = field(default_factory=Counter)  # by stage
     kept: list[Candidate] = field(default_factory=list)
+    archives: dict[tuple, Archive] = field(default_factory=dict)  # instance -> its exploration
 
 
 def synthesize(
@@ -80,6 +81,7 @@ def synthesize(
             prepare(bases)
         kinds = goals.kinds_of(explorer)
         proposed: list[Candidate] = []
+        rejected: list[tuple[Candidate, str, str]] = []
         archives: dict[tuple, Archive] = {}
         for i, base in enumerate(bases):
             t = time.monotonic()
@@ -91,7 +93,7 @@ def synthesize(
             if "template" in settings.sources:
                 explorer.reset(free_play(base))
                 proposed += from_templates(
-                    explorer, archive, env_name, kinds, out.counts, seed + i, settings.per_template
+                    explorer, archive, env_name, kinds, out.counts, seed + i, settings.per_template, rejected
                 )
             out.wall_s["template"] += time.monotonic() - t
             if "explored" in settings.sources:
@@ -100,6 +102,8 @@ def synthesize(
             out.counts[f"dropped:{key}"] += out.counts.pop(key)
         if "no_witness" in out.counts:
             out.counts["dropped:no_witness"] += out.counts.pop("no_witness")
+        for cand, reason, detail in rejected:
+            out.candidates.append(cand.candidate_row("dropped", reason, detail, run_id))
         verified = _verify_all(checker, proposed, policy, search, settings, out, run_id)
         pool = list(verified)
         for _ in range(settings.rounds if "curriculum" in settings.sources else 0):
@@ -120,7 +124,7 @@ def synthesize(
             out.counts[f"kept:{c.source}"] += 1
             out.candidates.append(c.candidate_row("kept", run_id=run_id))
             out.tasks.append(c.task_row(difficulty(c.solve_rate, settings.band), run_id))
-        out.kept = kept
+        out.kept, out.archives = kept, archives
     finally:
         explorer.close()
         checker.close()

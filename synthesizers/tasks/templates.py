@@ -21,8 +21,10 @@ def from_templates(
     dropped: Counter,
     seed: int,
     per_template: int = 3,
+    rejected: list[tuple[Candidate, str, str]] | None = None,
 ) -> list[Candidate]:
-    """Up to `per_template` distinct goals per template of one instance (`env` just reset on it)."""
+    """Up to `per_template` distinct goals per template of one instance (`env` just reset on it);
+    goals dropped before verification go to `rejected` with their reason."""
     rng = random.Random(seed)
     values = env.slot_values()
     base = archive.base
@@ -42,16 +44,16 @@ def from_templates(
                 for t, v in zip(kinds[f[0]].slots, f[1:], strict=True)
                 if v not in values.get(t, [])
             ]
-            if absent:
-                dropped[f"slot_absent:{template}"] += 1
-                continue
             if goal in out:
                 continue
-            cell = archive.holding(goal)
-            if cell is None:
-                dropped["no_witness"] += 1
+            cand = Candidate(name, base.env_task, base.seed, goal, f"template:{template}", "template")
+            cell = None if absent else archive.holding(goal)
+            if absent or cell is None:
+                reason = f"slot_absent:{template}" if absent else "no_witness"
+                dropped[reason] += 1
+                if rejected is not None:
+                    why = f"not in this instance: {absent}" if absent else "exploration never reached it"
+                    rejected.append((cand, reason.split(":")[0], why))
                 continue
-            out[goal] = Candidate(
-                name, base.env_task, base.seed, goal, f"template:{template}", "template", (), cell.prefix
-            )
+            out[goal] = cand.but(witness=cell.prefix)
     return list(out.values())
