@@ -28,6 +28,7 @@ from trajforge.synthesizers.tasks import Candidate, Embedder, SynthesisSettings,
 from trajforge.synthesizers.tasks.dedup import normalize
 from trajforge.synthesizers.tasks.verify import verify
 
+DEDUP = ("duplicate", "near", "text_cap")  # drop reasons of the dedup layers
 ENV_OPTIONS = {"textworld": {"options": {"cut": True, "cook": True, "open": True}}, "webapp": {}}
 PARAPHRASES = [
     ("Add the red kettle to your cart.", "Put the red kettle in your shopping cart."),
@@ -142,18 +143,15 @@ def main() -> None:
             ("+explore", {"template", "explored"}),
             ("+curriculum", {"template", "explored", "curriculum"}),
         ):
-            cands = sum(result.counts[f"candidates:{s}"] for s in sources)
+            rows_of = [r for r in result.candidates if r["source"] in sources]
+            cands = len(rows_of)  # every candidate with a goal, kept or dropped
             kept = [c for c in verified if c.source in sources]
-            dropped = [r for r in result.candidates if r["source"] in sources and r["status"] == "dropped"]
-            unverified = sum(
-                1 for r in dropped if not r["reason"].startswith(("duplicate", "near", "text_cap"))
-            )
-            dup_rows = sum(1 for r in dropped if r["reason"].startswith(("duplicate", "near", "text_cap")))
-            feasible = cands - unverified
+            dups = sum(1 for r in rows_of if r["reason"].startswith(DEDUP))
+            feasible = len(kept) + dups  # verified, before dedup
             kinds, verbs = describe(kept)
             rows.append(
                 f"{name:10} {arm:12} {cands:5d} {100 * feasible / max(1, cands):6.1f} "
-                f"{100 * dup_rows / max(1, feasible):6.1f} {100 * dup_share(kept):6.1f} {len(kept):5d} "
+                f"{100 * dups / max(1, feasible):6.1f} {100 * dup_share(kept):6.1f} {len(kept):5d} "
                 f"{len(kinds):5d} {entropy(kinds):5.2f} {verbs:5d} {spread(embed, kept):5.2f} "
                 f"{1000 * len(kept) / max(1, steps):7.1f}"
             )
