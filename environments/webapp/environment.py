@@ -3,6 +3,7 @@ tasks from templates, success decided by checkers that read the server's state."
 
 from __future__ import annotations
 
+import copy
 import random
 from typing import Any
 
@@ -127,6 +128,26 @@ class WebAppEnvironment(LocalSiteEnvironment):
     def location(self) -> str:
         """Where the browser is (the page's path): exploration tells pages of one state apart."""
         return str(self._info().get("url", "")).split("?")[0]
+
+    def save_state(self) -> Any:
+        """The shop's state and the page's address: exploration returns to a state with one
+        navigation instead of replaying its prefix (a server-side snapshot, not `snapshot()`:
+        fields typed on the page are not kept)."""
+        shop = self._shop()
+        with self._site.lock:
+            return copy.deepcopy(shop), self._page.url
+
+    def load_state(self, state: Any, actions: list[str]) -> None:
+        """Back to a saved state; `actions` (its prefix from reset) is what a crash replays."""
+        shop, url = state
+        with self._site.lock:
+            self._site.shop = copy.deepcopy(shop)
+        self._run(self._goto(url))
+        self._actions, self._done, self._plan_pos = list(actions), False, None
+
+    async def _goto(self, url: str) -> None:
+        await self._page.goto(url, wait_until="load")
+        await self._settled(self._observe)
 
     def free_play(self, on: bool) -> None:
         self._free = on

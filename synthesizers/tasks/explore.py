@@ -66,7 +66,12 @@ def explore(env: Any, base: TaskSpec, steps: int, seed: int, horizon: int = 6) -
     archive = Archive(base)
     env.reset(free_play(base))
     snap = env.supports_snapshot
-    root = Cell((), env.facts(), snapshot=env.snapshot() if snap else None)
+    saved = callable(getattr(env, "save_state", None))  # a server-side snapshot (the web shop)
+
+    def keep() -> Any:
+        return env.snapshot() if snap else env.save_state() if saved else None
+
+    root = Cell((), env.facts(), snapshot=keep())
     archive.root = signature(root.facts, _where(env))
     archive.cells[archive.root] = root
     while archive.env_steps < steps:
@@ -74,6 +79,9 @@ def explore(env: Any, base: TaskSpec, steps: int, seed: int, horizon: int = 6) -
         cell.visits += 1
         if snap:
             env.restore(cell.snapshot)
+        elif saved and cell.snapshot is not None:
+            env.load_state(cell.snapshot, list(cell.prefix))
+            archive.env_steps += 1  # one navigation
         else:
             env.reset(free_play(base))
             for action in cell.prefix:
@@ -94,12 +102,12 @@ def explore(env: Any, base: TaskSpec, steps: int, seed: int, horizon: int = 6) -
             known = archive.cells.get(sig)
             if known is None:
                 known = archive.cells[sig] = Cell(
-                    tuple(path), facts, snapshot=env.snapshot() if snap and not outcome.done else None
+                    tuple(path), facts, snapshot=None if outcome.done else keep()
                 )
             elif len(path) < len(known.prefix):
                 known.prefix = tuple(path)
-                if snap and not outcome.done:
-                    known.snapshot = env.snapshot()
+                if not outcome.done:
+                    known.snapshot = keep()
             if outcome.done:
                 known.terminal = True
                 known.lost = known.lost or outcome.success is False
