@@ -16,7 +16,7 @@ from trajforge.synthesizers.tasks import DROPS, SynthesisSettings, synthesize
 
 def test_shop_tasks_are_verified_in_a_fresh_shop():
     settings = SynthesisSettings(
-        instances=1, sources=("template", "explored"), explore_steps=30, attempts=1, embeddings=False
+        instances=1, sources=("template", "explored"), explore_steps=60, attempts=1, embeddings=False
     )
     search = SearchSettings(method="rollout", max_steps=2, budget=Budget(env_steps=2))
     result = synthesize("webapp", {}, settings, search, make_policy("random"), seed=3)
