@@ -10,7 +10,7 @@ OUT    ?= trajforge-data
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,web,models,train]'
+	$(BIN)/python -m pip install -q -e '.[dev,web,models,train,tasks]'
 	@touch $@
 
 # Chromium (and its driver, for MiniWoB's own Selenium environment in bench/web.py) from

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trajforge.environments import tw_goals
 from trajforge.environments.base import (
     ConfigError,
     EnvironmentFailure,
@@ -84,6 +85,7 @@ def _request_infos() -> Any:
         won=True,
         lost=True,
         policy_commands=True,
+        facts=True,  # the goal contract (environments.tw_goals)
     )
 
 
@@ -196,6 +198,26 @@ class TextWorldEnvironment:
 
     def walkthrough(self) -> list[str] | None:
         return [] if self._done() else list(self._current().policy_commands or [])
+
+    # ---- the goal contract (environments.goals; the kinds live in environments.tw_goals) ----
+
+    def predicate_kinds(self) -> list[Any]:
+        return list(tw_goals.KINDS)
+
+    def facts(self) -> frozenset[tuple[str, ...]]:
+        return tw_goals.facts(self._current().facts or [])
+
+    def slot_values(self) -> dict[str, list[str]]:
+        return tw_goals.slot_values(self._current().facts or [])
+
+    def typeable_values(self) -> list[str]:
+        return []  # a text game's commands are all in admissible_actions
+
+    def goal_templates(self) -> dict[str, Any]:
+        return tw_goals.templates(self._current().facts or [])
+
+    def vocabulary(self) -> dict[str, list[str]]:
+        return tw_goals.vocabulary()
 
     def _chain(self) -> tuple[Any, Any, Any, Any]:
         """StateTracking, Inform7Data, GameData and JerichoEnv under TWInform7 (textworld 1.7.0)."""

@@ -19,6 +19,7 @@ from trajforge.schemas.records import (
     Step,
     Stored,
     Task,
+    TaskCandidate,
     Trajectory,
     TreeNode,
 )
@@ -72,7 +73,8 @@ STEP = arrow_type(Step)
 
 # table name -> (schema, primary key), in the order the lake creates them
 TABLES: dict[str, tuple[pa.Schema, str]] = {
-    r.table: (schema_of(r), r.key) for r in (RunRecord, Task, Trajectory, Failure, Pair, TreeNode, Artifact)
+    r.table: (schema_of(r), r.key)
+    for r in (RunRecord, Task, Trajectory, Failure, Pair, TreeNode, Artifact, TaskCandidate)
 }
 RUNS = TABLES["runs"][0]
 TASKS = TABLES["tasks"][0]
@@ -81,6 +83,7 @@ FAILURES = TABLES["failures"][0]
 PAIRS = TABLES["pairs"][0]
 NODES = TABLES["nodes"][0]
 ARTIFACTS = TABLES["artifacts"][0]
+TASK_CANDIDATES = TABLES["task_candidates"][0]
 
 
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:

@@ -79,3 +79,11 @@ def search_seed(task_id: str, policy: str, search: dict[str, Any]) -> int:
 def count_id(stage: str, task_id: str, unit: dict[str, Any], reason: str) -> str:
     """What one unit of work of a stage dropped for one reason (staged, never committed)."""
     return content_id("count", stage=stage, task=task_id, unit=unit, reason=reason)
+
+
+def candidate_id(task_id: str, generator: str, instruction: str, parent_task_id: str | None) -> str:
+    """A synthesized candidate: the same task proposed by another generator or wording is another
+    candidate (each one's fate is recorded), the same one proposed again is not."""
+    return content_id(
+        "candidate", task=task_id, generator=generator, instruction=instruction, parent=parent_task_id
+    )

@@ -6,7 +6,11 @@ from __future__ import annotations
 from typing import Any, Literal, get_args
 
 SearchMethod = Literal["rollout", "best_of_n", "mcts", "best_first", "particle"]
-TaskSource = Literal["env", "template", "explored", "curriculum"]
+TaskSource = Literal["env", "template", "explored", "curriculum", "model"]
+# A synthesized task's difficulty, from its solve rate against the curriculum's band.
+Difficulty = Literal["easy", "moderate", "hard"]
+# What became of a synthesized candidate (task_candidates.status).
+CandidateStatus = Literal["kept", "dropped"]
 PairSource = Literal["mcts_sibling", "trajectory", "revision"]
 
 

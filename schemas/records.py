@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trajforge.schemas import ids
 from trajforge.schemas.errors import reason_code
-from trajforge.schemas.kinds import PairSource, SearchMethod, TaskSource
+from trajforge.schemas.kinds import CandidateStatus, Difficulty, PairSource, SearchMethod, TaskSource
 
 SCHEMA_VERSION = 1
 
@@ -53,6 +53,14 @@ class Task(Record):
     parent_task_id: str | None = None
     run_id: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    # Synthesized tasks only (null for the environment's own): see synthesizers/tasks.
+    goal: str | None = None  # canonical JSON of the goal's facts, e.g. [["in_cart","red kettle"]]
+    setup: list[str] | None = None  # actions replayed silently at reset
+    witness: list[str] | None = None  # actions that reached the goal from the setup's end
+    solve_rate: float | None = None  # the configured search's success share from a fresh reset
+    attempts: int | None = None  # how many searches solve_rate rests on
+    difficulty: Difficulty | None = None
+    generator: str | None = None  # e.g. "explore:novelty", "template:under_price"
 
     @classmethod
     def make(cls, env: str, env_task: str, seed: int, instruction: str, **kw) -> Task:
@@ -64,6 +72,31 @@ class Task(Record):
             instruction=instruction,
             **kw,
         )
+
+
+class TaskCandidate(Record):
+    """Every synthesized candidate, kept or dropped with its reason: "what was dropped and why"."""
+
+    table: ClassVar[str] = "task_candidates"
+    key: ClassVar[str] = "candidate_id"
+
+    candidate_id: str
+    task_id: str
+    env: str
+    env_task: str
+    seed: int
+    instruction: str
+    goal: str
+    setup: list[str] = Field(default_factory=list)
+    witness: list[str] = Field(default_factory=list)
+    generator: str
+    source: TaskSource
+    parent_task_id: str | None = None
+    status: CandidateStatus
+    reason: str = ""  # the drop reason (trivial, unreplayable, ...); "" when kept
+    detail: str = ""
+    run_id: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Step(Record):

@@ -3,11 +3,14 @@ tasks from templates, success decided by checkers that read the server's state."
 
 from __future__ import annotations
 
+import copy
 import random
 from typing import Any
 
-from trajforge.environments.base import ConfigError, Reset, StepOutcome, TaskSpec
+from trajforge.environments.base import ConfigError, EnvironmentFailure, Reset, StepOutcome, TaskSpec
 from trajforge.environments.browser import LocalSiteEnvironment, quote
+from trajforge.environments.goals import Fact, PredicateKind
+from trajforge.environments.webapp import goals
 from trajforge.environments.webapp.server import ShopServer
 from trajforge.environments.webapp.tasks import TEMPLATES, ShopTask, make_task
 
@@ -26,6 +29,7 @@ class WebAppEnvironment(LocalSiteEnvironment):
             raise ConfigError(f"templates: {unknown or '[]'} invalid; choose among {', '.join(TEMPLATES)}")
         self._shop_task: ShopTask | None = None
         self._plan_pos: int | None = 0  # plan steps followed so far; None once the agent left the plan
+        self._free = False  # free play: a goal (environments.goals) judges, not the template
 
     def task_specs(self, n: int, seed: int) -> list[TaskSpec]:
         rng = random.Random(seed)
@@ -85,6 +89,8 @@ class WebAppEnvironment(LocalSiteEnvironment):
 
     async def _judge(self, page: Any) -> tuple[float, bool, bool | None, dict[str, Any]]:
         assert self._site is not None and self._shop_task is not None
+        if self._free:
+            return 0.0, False, None, {}
         with self._site.lock:
             shop = self._site.shop
             if self._shop_task.check(shop):
@@ -94,4 +100,60 @@ class WebAppEnvironment(LocalSiteEnvironment):
         return 0.0, False, None, {}
 
     def _type_values(self) -> list[str]:
+        if self._free and self._site is not None:
+            return self.typeable_values()
         return list(self._shop_task.fields.values()) if self._shop_task else []
+
+    # ---- the goal contract (environments.goals) ----
+
+    def predicate_kinds(self) -> list[PredicateKind]:
+        return list(goals.KINDS)
+
+    def _shop(self) -> Any:
+        if self._site is None:
+            raise EnvironmentFailure("webapp: no episode is running; call reset(task) first")
+        return self._site.shop
+
+    def facts(self) -> frozenset[Fact]:
+        shop = self._shop()
+        with self._site.lock:
+            return goals.facts(shop)
+
+    def slot_values(self) -> dict[str, list[str]]:
+        return goals.slot_values(self._shop())
+
+    def typeable_values(self) -> list[str]:
+        return goals.typeable_values(self._shop())
+
+    def location(self) -> str:
+        """Where the browser is (the page's path): exploration tells pages of one state apart."""
+        return str(self._info().get("url", "")).split("?")[0]
+
+    def save_state(self) -> Any:
+        """The shop's state and the page's address: exploration returns to a state with one
+        navigation instead of replaying its prefix (a server-side snapshot, not `snapshot()`:
+        fields typed on the page are not kept)."""
+        shop = self._shop()
+        with self._site.lock:
+            return copy.deepcopy(shop), self._page.url
+
+    def load_state(self, state: Any, actions: list[str]) -> None:
+        """Back to a saved state; `actions` (its prefix from reset) is what a crash replays."""
+        shop, url = state
+        with self._site.lock:
+            self._site.shop = copy.deepcopy(shop)
+        self._run(self._goto(url))
+        self._actions, self._done, self._plan_pos = list(actions), False, None
+
+    async def _goto(self, url: str) -> None:
+        await self._page.goto(url, wait_until="load")
+        await self._settled(self._observe)
+
+    def free_play(self, on: bool) -> None:
+        self._free = on
+
+    def goal_templates(self) -> dict[str, Any]:
+        return goals.templates(self._shop(), self.templates)
+
+    def vocabulary(self) -> dict[str, list[str]]:
+        return goals.vocabulary()

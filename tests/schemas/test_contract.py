@@ -38,6 +38,35 @@ TASKS = pa.schema(
         ("parent_task_id", pa.string()),
         ("run_id", pa.string()),
         ("created_at", TS),
+        ("goal", pa.string()),  # issue 11: synthesized tasks
+        ("setup", pa.list_(pa.string())),
+        ("witness", pa.list_(pa.string())),
+        ("solve_rate", pa.float64()),
+        ("attempts", pa.int64()),
+        ("difficulty", pa.string()),
+        ("generator", pa.string()),
+    ]
+)
+
+TASK_CANDIDATES = pa.schema(
+    [
+        ("candidate_id", pa.string()),
+        ("task_id", pa.string()),
+        ("env", pa.string()),
+        ("env_task", pa.string()),
+        ("seed", pa.int64()),
+        ("instruction", pa.string()),
+        ("goal", pa.string()),
+        ("setup", pa.list_(pa.string())),
+        ("witness", pa.list_(pa.string())),
+        ("generator", pa.string()),
+        ("source", pa.string()),
+        ("parent_task_id", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("run_id", pa.string()),
+        ("created_at", TS),
     ]
 )
 
@@ -157,6 +186,7 @@ TABLES = {
     "pairs": (PAIRS, "pair_id"),
     "nodes": (NODES, "node_id"),
     "artifacts": (ARTIFACTS, "artifact_id"),
+    "task_candidates": (TASK_CANDIDATES, "candidate_id"),
 }
 
 
@@ -187,6 +217,7 @@ def test_the_public_schema_names_are_the_tables_schemas():
         "pairs": arrow.PAIRS,
         "nodes": arrow.NODES,
         "artifacts": arrow.ARTIFACTS,
+        "task_candidates": arrow.TASK_CANDIDATES,
     }
     assert {name: schema for name, (schema, _) in arrow.TABLES.items()} == named
     assert arrow.STEP.equals(STEP) and arrow.TS.equals(TS)

@@ -97,7 +97,7 @@ def test_the_gate_passes_every_declared_kind():
     ("batch", "failed"),
     [
         ((["rollout", "beam"], ["env"], ["trajectory"]), "trajectories.search: " + IN_SET),
-        ((["rollout"], ["env", "model"], ["trajectory"]), "tasks.source: " + IN_SET),
+        ((["rollout"], ["env", "oracle"], ["trajectory"]), "tasks.source: " + IN_SET),
         ((["rollout"], ["env"], ["trajectory", "judge"]), "pairs.source: " + IN_SET),
     ],
 )
@@ -114,7 +114,7 @@ def test_the_records_refuse_a_value_outside_its_kind():
     with pytest.raises(ValidationError, match="source"):
         Pair(**_pair(0, "judge"))
     with pytest.raises(ValidationError, match="source"):
-        Task.make("toy", "t", 1, "x", source="model")
+        Task.make("toy", "t", 1, "x", source="oracle")
 
 
 def test_every_declared_search_method_has_an_implementation():
