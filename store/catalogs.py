@@ -87,7 +87,7 @@ class Catalog:
 
     def exists(self) -> bool:
         if self.kind == "postgres":
-            return True  # a server's catalog: attaching tells (a missing one is created by a writer)
+            return _has_ducklake(self.location)
         return Path(self.location).is_file()
 
     @contextlib.contextmanager
@@ -230,6 +230,18 @@ def _advisory_lock(uri: str, timeout_s: float, catalog: Catalog) -> Iterator[Non
         yield  # the server releases the lock when this connection ends, however the process ends
     finally:
         conn.close()
+
+
+def _has_ducklake(uri: str) -> bool:
+    """Whether the database holds a DuckLake catalog; True when unsure (attaching then tells)."""
+    try:
+        import psycopg
+
+        with psycopg.connect(uri, connect_timeout=10) as conn:
+            row = conn.execute("SELECT to_regclass('ducklake_metadata') IS NOT NULL").fetchone()
+    except Exception:  # noqa: BLE001 - unreachable or no psycopg: Lake.open reports it in one line
+        return True
+    return bool(row and row[0])
 
 
 def _first_line(exc: BaseException) -> str:

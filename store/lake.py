@@ -310,10 +310,7 @@ class Lake:
     def exists(out: Path | str, catalog: str | None = None) -> bool:
         """Whether `out` holds a lake (opening it read-only would not fail for want of one)."""
         out = Path(out).resolve()
-        found = catalogs.resolve(out, catalog)
-        if found.kind == "postgres":
-            return (out / catalogs.POINTER).is_file() or catalog is not None
-        return found.exists()
+        return catalogs.resolve(out, catalog).exists()
 
     @classmethod
     def open(

@@ -209,3 +209,18 @@ def test_migrate_moves_an_older_lake_to_postgres(out, make, pg_uri):
     with Lake.open(out, read_only=True) as lake:  # found through the lake's note of its catalog
         assert lake.catalog.kind == "postgres"
         assert lake.sql("SELECT count(*) FROM trajectories").column(0)[0].as_py() == 5
+
+
+def test_an_empty_postgres_database_is_no_lake_until_a_writer_makes_one(tmp_path, make, pg_uri):
+    import psycopg
+
+    with psycopg.connect(pg_uri.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE fresh")
+    fresh = pg_uri.rsplit("/", 1)[0] + "/fresh"
+    out = tmp_path / "elsewhere"  # another machine's folder: no note of the catalog
+    assert not Lake.exists(out, fresh)
+    with pytest.raises(LakeError, match="there is no lake"):
+        Lake.open(out, read_only=True, catalog=fresh)
+    with Lake.open(out, catalog=fresh) as lake:
+        lake.commit(make.batch([make.trajectory(0)]), make.run_row())
+    assert Lake.exists(tmp_path / "third", fresh)  # found on the server from any folder
