@@ -295,10 +295,11 @@ def test_a_writer_waits_for_a_reader_that_holds_a_duckdb_file_lake(out, make):
         started = time.monotonic()
         with Lake.open(out, lock_timeout_s=60) as lake:
             waited = time.monotonic() - started
-            assert holder.poll() is not None  # the writer got in once the reader had gone
+            # The writer got in once the reader had closed the lake (its process may still be exiting).
+            assert waited > 1
             result = lake.commit(make.batch([make.trajectory(1)]), make.run_row("run-2"))
         assert result.added["trajectories"] == 1
-        assert 1 < waited < 30
+        assert waited < 30
     finally:
         holder.kill()
         holder.wait()
