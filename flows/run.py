@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from trajforge.environments import registry
 from trajforge.flows.config import RunConfig, check_runnable, code_version
+from trajforge.flows.progress import RunProgress
 from trajforge.flows.staging import RunDir, write_json_atomic
 from trajforge.pipelines import synthesis
 from trajforge.pipelines.spec import PipelineSpec, planned_task
@@ -234,14 +235,14 @@ def commit(config: RunConfig, run_dir: RunDir, record: RunRecord) -> dict:
     """Commit the validated batch; the lake adds only ids it lacks, the first staged row of an id
     winning, as in dedup."""
     tables = {name: run_dir.read_staged(name) for name in synthesis.STAGED_TABLES}
-    with Lake.open(config.out) as lake:
+    with Lake.open(config.out, catalog=config.catalog) as lake:
         result = lake.commit(tables, record.row())
     run_dir.set_status("committed", snapshot_id=result.snapshot_id, added=result.added)
     run_dir.clear_staging()
     return {"snapshot_id": result.snapshot_id, "added": result.added}
 
 
-def _run_record(config: RunConfig, counts: Counter, started: datetime) -> RunRecord:
+def run_record(config: RunConfig, counts: Counter, started: datetime) -> RunRecord:
     total = {k.removeprefix("total:"): counts.pop(k) for k in [k for k in counts if k.startswith("total:")]}
     return RunRecord(
         run_id=config.run_id,
@@ -262,18 +263,18 @@ def _run_record(config: RunConfig, counts: Counter, started: datetime) -> RunRec
     )
 
 
-def _plan(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
+def plan_and_save(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
     """Plan the run's tasks (building any assets) and record the plan in the run folder."""
     specs = plan_tasks(config)
     write_json_atomic(run_dir.plan_path, specs)
     return specs
 
 
-def _saved_plan(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
+def saved_plan(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
     try:
         saved = json.loads(run_dir.plan_path.read_text())
     except (OSError, ValueError):
-        return _plan(config, run_dir)
+        return plan_and_save(config, run_dir)
     return [
         planned_task(s["env"], s["env_task"], s["seed"]) for s in saved
     ]  # plans of older versions had no ids
@@ -288,30 +289,41 @@ def run_flow(config: RunConfig, dry_run: bool = False) -> dict[str, Any]:
     check_runnable(config)
     run_dir = RunDir(config.out, config.run_id)
     with run_dir.lock():
-        return _run(config, run_dir, dry_run)
+        run_dir.begin_attempt()
+        try:
+            summary = _run(config, run_dir, dry_run)
+        except Exception as exc:
+            run_dir.end_attempt(f"failed: {type(exc).__name__}")
+            raise
+        run_dir.end_attempt(summary["status"])
+        return summary
 
 
 def _run(config: RunConfig, run_dir: RunDir, dry_run: bool) -> dict[str, Any]:
     logger = get_run_logger()
     started_wall = time.monotonic()
-    if Lake.exists(config.out):
-        with Lake.open(config.out, read_only=True) as lake:
+    if Lake.exists(config.out, config.catalog):
+        with Lake.open(config.out, read_only=True, catalog=config.catalog) as lake:
             if lake.has_run(config.run_id):
                 run_dir.clear_staging()  # left by a crash between the commit and its cleanup
                 logger.info("run %s is already in the lake; nothing to do", config.run_id)
                 return {"run_id": config.run_id, "status": "already_committed", "wall_s": 0.0}
+    if config.commit_every and not dry_run:  # commits as it goes: see flows.steps
+        from trajforge.flows.steps import run_in_steps
+
+        return run_in_steps(config, run_dir, config.commit_every)
     started = datetime.now(UTC)
     manifest = run_dir.manifest()
     status, attempts = manifest.get("status"), manifest.get("attempts", 0)
     if status == "staged":
         logger.info("resuming run %s from its staged batch", config.run_id)
-        specs = _saved_plan(config, run_dir)
+        specs = saved_plan(config, run_dir)
     elif attempts and (
         (status == "validation_failed" and manifest.get("retry") == "failed_items")
         or (status == "running" and manifest.get("attempt", 0) > 0)  # a retry that crashed
     ):
         logger.info("run %s: retrying the items that failed", config.run_id)
-        specs = _plan(config, run_dir)
+        specs = plan_and_save(config, run_dir)
         stage_batch(config, specs, run_dir, attempt=attempts)
     else:
         run_dir.set_status(
@@ -322,10 +334,15 @@ def _run(config: RunConfig, run_dir: RunDir, dry_run: bool) -> dict[str, Any]:
             retry=None,
             summary=None,
         )
-        specs = _plan(config, run_dir)
+        specs = plan_and_save(config, run_dir)
         stage_batch(config, specs, run_dir)
+    progress = RunProgress(config.run_id, len(_items(config, specs)))
+    progress.set_stage("validating")
     counts = validate(config, run_dir, specs)
-    record = _run_record(config, counts, started)
+    progress.step_done(len(_items(config, specs)), dict(counts))
+    progress.set_stage("committing" if not dry_run else "validated (dry run)")
+    progress.close()
+    record = run_record(config, counts, started)
     summary = {
         "run_id": config.run_id,
         "status": "validated" if dry_run else "committed",

@@ -21,6 +21,8 @@ from trajforge.schemas.kinds import SearchMethod
 # (and raising max_failed_share lets a refused batch commit as the same run).
 EXECUTION_FIELDS = {
     "out",
+    "catalog",
+    "commit_every",
     "pipeline_options",
     "workers",
     "concurrency",
@@ -108,6 +110,11 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     out: Path = Field(Path("trajforge-data"), description="folder of the lake and run records")
+    catalog: str | None = Field(
+        None,
+        description="the lake's catalog: sqlite (the default), sqlite:PATH, postgres://USER@HOST:PORT/DB "
+        "or duckdb (older lakes); none: the one the lake in `out` has",
+    )
     envs: list[EnvSpec] = Field(default_factory=lambda: [EnvSpec(name="textworld")], min_length=1)
     tasks: int = Field(10, ge=1, le=100_000, description="tasks per environment")
     seed: int = Field(0, ge=0)
@@ -146,6 +153,12 @@ class RunConfig(BaseModel):
         default_factory=lambda: ["--runner=FnApiRunner", "--default_sdk_harness_log_level=WARNING"]
     )
     workers: int = Field(2, ge=1, le=256, description="processes for preparing environments")
+    commit_every: int | None = Field(
+        None,
+        ge=1,
+        description="commit every this many tasks, each step a snapshot, so a killed run resumes "
+        "after its last step; none: the run commits once, at its end",
+    )
     max_failed_share: float = Field(
         0.2,
         ge=0,
@@ -161,6 +174,24 @@ class RunConfig(BaseModel):
             value = [value]
         if isinstance(value, list):
             return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("catalog")
+    @classmethod
+    def _known_catalog(cls, value: str | None) -> str | None:
+        if value is not None:
+            from trajforge.schemas.errors import LakeError
+            from trajforge.store.catalogs import parse, redact
+
+            try:
+                found = parse(value, Path("."))
+            except LakeError as exc:
+                raise ValueError(str(exc).removeprefix(f"--catalog {value!r}: ")) from None
+            if found.kind == "postgres" and redact(found.location) != found.location:
+                raise ValueError(
+                    "the URI holds a password, which would be stored with the run: "
+                    "drop it and set PGPASSWORD or ~/.pgpass instead"
+                )
         return value
 
     @field_validator("policies", mode="before")

@@ -1,6 +1,7 @@
 """A run's folder: its manifest (status), the Parquet the pipeline staged, the validation report.
 
-OUT/runs/RUN_ID/manifest.json     status: running | staged | validation_failed | committed
+OUT/runs/RUN_ID/manifest.json     status: running | staged | validation_failed | committed_step |
+                                  committed; attempt_log: each attempt's start and how it ended
 OUT/runs/RUN_ID/lock              held (flock) by the process running the run; holds its pid
 OUT/runs/RUN_ID/plan.json         the run's task specs, so a resume knows every (task, policy) item
 OUT/runs/RUN_ID/staging/TABLE/    part-*.parquet written by the pipeline; a retry of the failed
@@ -18,6 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,20 @@ class RunDir:
     def set_status(self, status: str, **fields: Any) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.manifest_path, {**self.manifest(), **fields, "status": status})
+
+    def begin_attempt(self) -> None:
+        """Log a new attempt at the run; an earlier one that never ended was killed or crashed."""
+        log = self.manifest().get("attempt_log", [])
+        for earlier in log:
+            earlier.setdefault("ended", "stopped")  # killed (kill -9, a dead machine) or crashed
+        log.append({"started_at": datetime.now(UTC).isoformat(), "pid": os.getpid()})
+        self.set_status(self.manifest().get("status", "running"), attempt_log=log)
+
+    def end_attempt(self, outcome: str) -> None:
+        log = self.manifest().get("attempt_log", [])
+        if log:
+            log[-1].update(ended=outcome, finished_at=datetime.now(UTC).isoformat())
+            self.set_status(self.manifest().get("status", "running"), attempt_log=log)
 
     def clear_staging(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)

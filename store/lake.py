@@ -1,4 +1,5 @@
-"""The DuckLake catalog of a run's output: `{out}/catalog.ducklake`, Parquet under `{out}/lake/`.
+"""The DuckLake lake of a run's output: a catalog (store.catalogs: SQLite by default, PostgreSQL,
+or the DuckDB file of older lakes), Parquet under `{out}/lake/`.
 
 One in-memory DuckDB connection per `Lake`, with the packaged ducklake extension loaded from disk
 (nothing is ever downloaded). Writes go through `commit`, which adds only rows whose primary key
@@ -28,11 +29,12 @@ import pyarrow as pa
 
 from trajforge.schemas.arrow import RUNS, TABLES, to_table
 from trajforge.schemas.errors import LakeError
+from trajforge.store import catalogs
+from trajforge.store.catalogs import Catalog
 from trajforge.store.duck import connect, duck_type, extension_path, first_line, literal, quote
 from trajforge.store.sql_guard import ReadOnlyError as ReadOnlyError  # its old import path
 from trajforge.store.sql_guard import outside_sandbox, read_statements, sandbox
 
-CATALOG = "catalog.ducklake"
 DATA_DIR = "lake"
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,10 @@ class _Locked(Exception):
         self.holder = holder
 
 
+class _Lost(Exception):
+    """A commit that lost a race with another writer (SQLite's lock, DuckLake's conflict check)."""
+
+
 @dataclass(frozen=True)
 class CommitResult:
     snapshot_id: int | None
@@ -83,15 +89,25 @@ def create_table_sql(name: str, schema: pa.Schema, key: str) -> str:
 class Lake:
     """An attached DuckLake catalog. Use `Lake.open(out)` as a context manager."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, out: Path, read_only: bool) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        out: Path,
+        read_only: bool,
+        catalog: Catalog,
+        lock_timeout_s: float = WRITER_LOCK_TIMEOUT_S,
+    ) -> None:
         self._con = con
         self.out = out
         self.read_only = read_only
+        self.catalog = catalog
+        self._lock_timeout_s = lock_timeout_s
 
     @staticmethod
-    def exists(out: Path | str) -> bool:
+    def exists(out: Path | str, catalog: str | None = None) -> bool:
         """Whether `out` holds a lake (opening it read-only would not fail for want of one)."""
-        return (Path(out) / CATALOG).is_file()
+        out = Path(out).resolve()
+        return catalogs.resolve(out, catalog).exists()
 
     @classmethod
     def open(
@@ -104,8 +120,10 @@ class Lake:
         memory_limit: str | None = None,
         threads: int | None = None,
         spill_dir: Path | None = None,
+        catalog: str | None = None,
     ) -> Lake:
-        """Attach `{out}/catalog.ducklake`; a lake read at an old `snapshot` is read-only.
+        """Attach the lake's catalog (`catalog`: a `--catalog` value; default: the lake's own, see
+        store.catalogs); a lake read at an old `snapshot` is read-only.
 
         While another process holds the catalog, retry with backoff for `lock_timeout_s`, then
         fail naming the holder. A writer first deletes the orphans of crashed commits; a reader
@@ -115,13 +133,16 @@ class Lake:
         """
         out = Path(out).resolve()
         read_only = read_only or snapshot is not None
-        if read_only and not cls.exists(out):
+        if read_only and not cls.exists(out, catalog):
             raise LakeError(f"there is no lake at {out}: run `trajforge run --out {out}` first")
+        found = catalogs.resolve(out, catalog)
         deadline = time.monotonic() + lock_timeout_s
         delay = 0.05
         while True:
             try:
-                return cls._open_once(out, read_only, snapshot, (memory_limit, threads, spill_dir))
+                return cls._open_once(
+                    out, found, read_only, snapshot, (memory_limit, threads, spill_dir), lock_timeout_s
+                )
             except _Locked as locked:
                 if time.monotonic() + delay > deadline:
                     raise LakeError(
@@ -142,31 +163,39 @@ class Lake:
     def _open_once(
         cls,
         out: Path,
+        catalog: Catalog,
         read_only: bool,
         snapshot: int | None,
         limits: tuple[str | None, int | None, Path | None],
+        lock_timeout_s: float,
     ) -> Lake:
-        path = extension_path()
         con = connect()
         try:
-            con.execute(f"LOAD {literal(str(path))}")
+            con.execute("SET enable_progress_bar = false")  # it draws on stdout, a slow attach too
+            for path in (extension_path(), *catalog.extensions()):
+                con.execute(f"LOAD {literal(str(path))}")
             con.execute("SET TimeZone = 'UTC'")
             if not read_only:
                 out.mkdir(parents=True, exist_ok=True)
-            con.execute(_attach_sql(out, read_only, snapshot))
-            con.execute("USE lake")
-            lake = cls(con, out, read_only)
+                catalogs.record(out, catalog)
+            with catalog.writer_turn(lock_timeout_s) if not read_only else contextlib.nullcontext():
+                con.execute(_attach_sql(out, catalog, read_only, snapshot))
+                con.execute("USE lake")
+                lake = cls(con, out, read_only, catalog, lock_timeout_s)
+                if not read_only:
+                    lake._create_tables()
+                    lake._delete_orphans()
             if read_only:
                 sandbox(con, out / DATA_DIR, *limits)
-            else:
-                lake._create_tables()
-                lake._delete_orphans()
         except duckdb.Error as exc:
             con.close()
-            holder = _lock_holder(str(exc))
+            holder = _lock_holder(str(exc)) or ("another writer" if catalogs.transient(exc) else None)
             if holder:
                 raise _Locked(holder) from exc
-            raise LakeError(_open_error(out, exc)) from exc
+            raise LakeError(_open_error(out, catalog, exc)) from exc
+        except BaseException:
+            con.close()
+            raise
         return lake
 
     def __enter__(self) -> Lake:
@@ -198,10 +227,12 @@ class Lake:
 
     def _delete_orphans(self) -> None:
         """Delete Parquet under lake/ that no snapshot of the catalog lists (a crashed commit)."""
-        row = self._con.execute(
+        # Drained with fetchall: a result left half-read keeps its transaction, and with it a
+        # SQLite catalog's read lock, open until the next query (other writers then wait).
+        (row,) = self._con.execute(
             "SELECT count(*) FROM ducklake_delete_orphaned_files("
             f"'lake', older_than => now() - INTERVAL {int(ORPHAN_MIN_AGE_S)} SECOND)"
-        ).fetchone()
+        ).fetchall()
         if row and row[0]:
             log.warning("deleted %d orphaned files of crashed commits under %s", row[0], self.out / DATA_DIR)
 
@@ -218,28 +249,50 @@ class Lake:
                 column = f"{quote(f.name)} {duck_type(f.type)}"
                 self._con.execute(f"ALTER TABLE lake.{quote(name)} ADD COLUMN {column}")
 
-    def commit(self, tables: dict[str, pa.Table], run: dict[str, Any]) -> CommitResult:
+    def commit(
+        self, tables: dict[str, pa.Table], run: dict[str, Any], *, step: dict[str, Any] | None = None
+    ) -> CommitResult:
         """Add the rows whose primary keys are new, plus the run row, as one snapshot.
 
         Within a batch the first row of each key wins. Nothing new: no snapshot, id None.
-        Any failure rolls everything back and raises LakeError.
+        Any failure rolls everything back and raises LakeError. A run that commits as it goes
+        passes `step` ({"step": K, ...}, kept in the snapshot's note, see `steps_of`) with a
+        run dict holding only its run_id: the run row comes with its last commit.
         """
         if self.read_only:
             raise LakeError(f"the lake at {self.out} is open read-only; it cannot commit")
         try:
-            batches = _conform_all(tables, run)
+            batches = _conform_all(tables, run if step is None else None)
         except (LakeError, pa.ArrowException, KeyError, TypeError, ValueError) as exc:
             raise LakeError(f"commit refused, the lake is unchanged: {exc}") from exc
+        deadline = time.monotonic() + self._lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                with self.catalog.writer_turn(self._lock_timeout_s):
+                    return self._commit_once(batches, run, step)
+            except _Lost as lost:  # another writer's commit crossed ours: none of ours landed
+                if time.monotonic() + delay > deadline:
+                    raise LakeError(f"commit failed, the lake is unchanged: {lost}") from None
+                log.info("commit lost a race with another writer (%s); retrying", lost)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _commit_once(
+        self, batches: dict[str, pa.Table], run: dict[str, Any], step: dict[str, Any] | None
+    ) -> CommitResult:
         try:
             self._con.execute("BEGIN")
             added = {name: self._insert_new(name, batch) for name, batch in batches.items()}
-            if not any(added.values()):
+            if not any(added.values()) and step is None:  # a step commits even if empty: it is its mark
                 self._rollback()
                 return CommitResult(None, added)
-            self._set_commit_message(run, added)
+            self._set_commit_message(run, added, step)
             self._con.execute("COMMIT")
         except Exception as exc:
             self._rollback()
+            if catalogs.transient(exc):
+                raise _Lost(first_line(exc)) from exc
             raise LakeError(f"commit failed, the lake is unchanged: {first_line(exc)}") from exc
         return CommitResult(self._last_committed_snapshot(), added)
 
@@ -251,26 +304,37 @@ class Lake:
         incoming = batch.append_column("__order", pa.array(range(batch.num_rows), pa.int64()))
         self._con.register("__incoming", incoming)
         try:
-            row = self._con.execute(
+            (row,) = self._con.execute(
                 f"INSERT INTO {table} ({columns}) "
                 f"SELECT {columns} FROM __incoming AS i "
                 f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS e WHERE e.{key} = i.{key}) "
                 f"QUALIFY row_number() OVER (PARTITION BY i.{key} ORDER BY i.__order) = 1"
-            ).fetchone()
+            ).fetchall()
         finally:
             self._con.unregister("__incoming")
         return int(row[0]) if row else 0
 
-    def _set_commit_message(self, run: dict[str, Any], added: dict[str, int]) -> None:
+    def _set_commit_message(
+        self, run: dict[str, Any], added: dict[str, int], step: dict[str, Any] | None = None
+    ) -> None:
         run_id = run.get("run_id")
-        extra = json.dumps({"run_id": run_id, "added": added})
+        message = f"run {run_id}" if step is None else f"run {run_id} step {step['step']}"
+        extra = json.dumps({"run_id": run_id, "added": added, **(step or {})}, default=str)
         self._con.execute(
             "CALL lake.set_commit_message('trajforge', ?, extra_info => ?)",
-            [f"run {run_id}", extra],
+            [message, extra],
         )
 
+    def steps_of(self, run_id: str) -> list[dict[str, Any]]:
+        """The notes of the step commits of a run that commits as it goes, in commit order."""
+        rows = self._con.execute(
+            "SELECT commit_extra_info FROM lake.snapshots() WHERE commit_message LIKE ? ORDER BY snapshot_id",
+            [f"run {run_id} step %"],
+        ).fetchall()
+        return [json.loads(r[0]) for r in rows if r[0]]
+
     def _last_committed_snapshot(self) -> int | None:
-        row = self._con.execute("FROM lake.last_committed_snapshot()").fetchone()
+        (row,) = self._con.execute("FROM lake.last_committed_snapshot()").fetchall()
         return None if row is None or row[0] is None else int(row[0])
 
     def _rollback(self) -> None:
@@ -325,11 +389,11 @@ class Lake:
 
     def snapshot_id(self) -> int | None:
         """The snapshot this lake reads (the latest, or the one it was opened at)."""
-        row = self._con.execute("FROM lake.current_snapshot()").fetchone()
+        (row,) = self._con.execute("FROM lake.current_snapshot()").fetchall()
         return None if row is None or row[0] is None else int(row[0])
 
     def snapshot_count(self) -> int:
-        row = self._con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()
+        (row,) = self._con.execute("SELECT count(*) FROM lake.snapshots()").fetchall()
         return int(row[0]) if row else 0
 
     def runs(self) -> pa.Table:
@@ -341,11 +405,11 @@ class Lake:
         ).fetch_arrow_table()
 
     def has_run(self, run_id: str) -> bool:
-        row = self._con.execute("SELECT count(*) FROM lake.runs WHERE run_id = ?", [run_id]).fetchone()
+        (row,) = self._con.execute("SELECT count(*) FROM lake.runs WHERE run_id = ?", [run_id]).fetchall()
         return bool(row and row[0])
 
 
-def _conform_all(tables: dict[str, pa.Table], run: dict[str, Any]) -> dict[str, pa.Table]:
+def _conform_all(tables: dict[str, pa.Table], run: dict[str, Any] | None) -> dict[str, pa.Table]:
     """Each incoming table cast to its contract schema, checked before anything is written."""
     unknown = sorted(set(tables) - set(TABLES))
     if unknown:
@@ -353,7 +417,8 @@ def _conform_all(tables: dict[str, pa.Table], run: dict[str, Any]) -> dict[str, 
     if "runs" in tables:
         raise LakeError("pass the run row as `run`, not as a table")
     batches = {name: _conform(name, table) for name, table in tables.items()}
-    batches["runs"] = _conform("runs", to_table([run], RUNS))
+    if run is not None:
+        batches["runs"] = _conform("runs", to_table([run], RUNS))
     return batches
 
 
@@ -369,11 +434,11 @@ def _conform(name: str, table: pa.Table) -> pa.Table:
     return conformed
 
 
-def _open_error(out: Path, exc: duckdb.Error) -> str:
+def _open_error(out: Path, catalog: Catalog, exc: duckdb.Error) -> str:
     text = str(exc)
     if "already attached" in text:
         return f"the lake at {out} is already open in this process: close it or reuse that Lake"
-    return f"cannot open the lake at {out}: {text.splitlines()[0]}"
+    return f"cannot open the lake at {out} ({catalog.describe()}): {catalogs.redact(text.splitlines()[0])}"
 
 
 def _lock_holder(text: str) -> str | None:
@@ -395,7 +460,7 @@ def _lock_holder(text: str) -> str | None:
     return f"PID {pid} ({command})"
 
 
-def _attach_sql(out: Path, read_only: bool, snapshot: int | None) -> str:
+def _attach_sql(out: Path, catalog: Catalog, read_only: bool, snapshot: int | None) -> str:
     # DuckLake stores the data path as an absolute path; overriding it with the one next to
     # the catalog keeps an output directory usable after it is moved or copied.
     options = [
@@ -408,5 +473,5 @@ def _attach_sql(out: Path, read_only: bool, snapshot: int | None) -> str:
         options.append("READ_ONLY")
     if snapshot is not None:
         options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
-    target = literal(f"ducklake:{out / CATALOG}")
+    target = literal(catalog.attach_target())
     return f"ATTACH {target} AS lake ({', '.join(options)})"

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from trajforge import service_cli
 from trajforge.schemas.kinds import SearchMethod, values
 
 app = typer.Typer(
@@ -23,6 +24,13 @@ app = typer.Typer(
 )
 
 OutOpt = Annotated[Path, typer.Option("--out", help="folder of the lake and run records")]
+CatalogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--catalog",
+        help="the lake's catalog: sqlite (the default), postgres://USER@HOST:PORT/DB, duckdb (older lakes)",
+    ),
+]
 DEFAULT_OUT = Path("trajforge-data")
 
 
@@ -60,6 +68,7 @@ def run(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", help="YAML run config")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
+    catalog: CatalogOpt = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="environment (repeatable)")] = None,
     tasks: Annotated[int | None, typer.Option(help="tasks per environment")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the task pool and rollouts")] = None,
@@ -71,6 +80,9 @@ def run(
     samples: Annotated[int | None, typer.Option(help="rollouts per task and policy (best_of_n)")] = None,
     max_steps: Annotated[int | None, typer.Option(help="steps per episode")] = None,
     concurrency: Annotated[int | None, typer.Option(help="searches in flight per worker")] = None,
+    commit_every: Annotated[
+        int | None, typer.Option("--commit-every", help="commit every N tasks (resumes after the last)")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="stage and validate, do not commit")] = False,
     wait: Annotated[
         bool, typer.Option("--wait", help="if this run is running elsewhere, wait for it instead of exiting")
@@ -89,6 +101,7 @@ def run(
         cfg = load_config(
             config,
             out=out,
+            catalog=catalog,
             envs=env or None,
             tasks=tasks,
             seed=seed,
@@ -98,6 +111,7 @@ def run(
             max_steps=max_steps,
             judge=judge,
             concurrency=concurrency,
+            commit_every=commit_every,
         )
         if ctx.args:
             cfg = cfg.model_copy(update={"pipeline_options": cfg.pipeline_options + list(ctx.args)})
@@ -185,13 +199,18 @@ def _invoked_as() -> str:
     return argv0 if "/" in argv0 and not argv0.endswith(".py") else "trajforge"
 
 
-def _open_lake(out: Path, snapshot: int | None = None, **limits: Any) -> Any:
+def _open_lake(out: Path, snapshot: int | None = None, catalog: str | None = None, **limits: Any) -> Any:
     """The lake read-only; `limits`: Lake.open's memory_limit, threads, spill_dir."""
     from trajforge.store.lake import READER_LOCK_TIMEOUT_S, Lake, LakeError
 
     try:
         return Lake.open(
-            out, read_only=True, snapshot=snapshot, lock_timeout_s=READER_LOCK_TIMEOUT_S, **limits
+            out,
+            read_only=True,
+            snapshot=snapshot,
+            lock_timeout_s=READER_LOCK_TIMEOUT_S,
+            catalog=catalog,
+            **limits,
         )
     except LakeError as exc:
         raise fail(str(exc)) from None
@@ -251,13 +270,14 @@ def sql(
     timeout: Annotated[
         float, typer.Option("--timeout", help="stop the query after this many seconds (0: never)")
     ] = 120.0,
+    catalog: CatalogOpt = None,
 ) -> None:
     """Query the lake with DuckDB SQL (read-only; files outside the lake are out of reach)."""
     from trajforge.store.lake import LakeError, QueryTimeout
 
     if timeout < 0:
         raise fail(f"--timeout {timeout:g}: use 0 (no limit) or a number of seconds")
-    with _open_lake(out, snapshot) as lake:
+    with _open_lake(out, snapshot, catalog) as lake:
         try:
             result = lake.sql(query, timeout_s=timeout or None)
         except QueryTimeout as exc:
@@ -317,18 +337,24 @@ def tasks(
 
 @app.command()
 def runs(
-    out: OutOpt = DEFAULT_OUT, format: Annotated[Format, typer.Option("--format")] = Format.table
+    out: OutOpt = DEFAULT_OUT,
+    format: Annotated[Format, typer.Option("--format")] = Format.table,
+    catalog: CatalogOpt = None,
 ) -> None:
     """List runs: those in the lake and those that stopped before committing."""
     import pyarrow as pa
 
     from trajforge.flows.staging import list_run_dirs
-    from trajforge.store.lake import Lake
+    from trajforge.store.lake import Lake, LakeError
 
     rows: list[dict[str, Any]] = []
     committed: set[str] = set()
-    if Lake.exists(out):
-        with _open_lake(out) as lake:
+    try:
+        found = Lake.exists(out, catalog)
+    except LakeError as exc:
+        raise fail(str(exc)) from None
+    if found:
+        with _open_lake(out, catalog=catalog) as lake:
             for r in lake.runs().to_pylist():
                 committed.add(r["run_id"])
                 rows.append(
@@ -337,13 +363,18 @@ def runs(
                     )
                 )
     for run_dir in list_run_dirs(out):
+        m = run_dir.manifest()
         if run_dir.run_id not in committed:
-            m = run_dir.manifest()
             rows.append(
                 _run_row(
                     run_dir.run_id, m.get("status", "?"), m.get("started_at"), {}, None, m.get("summary", "")
                 )
             )
+        log = m.get("attempt_log", [])
+        for i, attempt in enumerate(log):  # attempts that were killed or crashed, beside the run
+            if attempt.get("ended", "stopped") == "stopped" and i < len(log) - 1:
+                note = f"attempt {i + 1} of {len(log)}: killed or crashed; a later attempt resumed it"
+                rows.append(_run_row(run_dir.run_id, "stopped", attempt["started_at"], {}, None, note))
     if not rows:
         raise fail(f"no runs under {out}; start one with `trajforge run --out {out}`")
     _emit(pa.Table.from_pylist(rows), format)
@@ -403,6 +434,7 @@ def export(
         str, typer.Option("--license", help="the licence field of the dataset card")
     ] = "other",
     overwrite: Annotated[bool, typer.Option(help="replace an earlier export in --dest")] = False,
+    catalog: CatalogOpt = None,
 ) -> None:
     """Export training shards (Hugging Face layout: data/{split}-00000-of-0000N.parquet, README.md card)."""
     from trajforge.schemas.kinds import PairSource
@@ -431,9 +463,9 @@ def export(
             threshold=threshold,
             license=license,
         )
-        if not Lake.exists(out):
+        if not Lake.exists(out, catalog):
             raise ExportError(f"there is no lake at {out}: run `trajforge run --out {out}` first")
-        with _open_lake(out, snapshot, **reader_limits()) as lake:
+        with _open_lake(out, snapshot, catalog, **reader_limits()) as lake:
             result = export(lake, dest, spec, overwrite=overwrite)
     except (ExportError, LakeError) as exc:
         raise fail(str(exc)) from None
@@ -531,6 +563,8 @@ def serve_model(
     except (ValueError, OSError) as exc:
         raise fail(f"serve-model: {exc}") from None
 
+
+service_cli.register(app)  # migrate (trajforge/service_cli.py)
 
 if __name__ == "__main__":
     app()

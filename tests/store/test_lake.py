@@ -194,7 +194,9 @@ def test_steps_view_is_in_the_catalog_for_any_duckdb_user(out, make):
     con = duckdb.connect(config={"autoload_known_extensions": "false"})
     try:
         con.execute(f"LOAD '{extension_path()}'")
-        con.execute(f"ATTACH 'ducklake:{out / 'catalog.ducklake'}' AS mine (READ_ONLY)")
+        for path in lake.catalog.extensions():
+            con.execute(f"LOAD '{path}'")
+        con.execute(f"ATTACH '{lake.catalog.attach_target()}' AS mine (READ_ONLY)")
         assert con.execute("SELECT count(*) FROM mine.steps").fetchone() == (4,)
     finally:
         con.close()
@@ -262,8 +264,8 @@ def test_empty_tables_are_fine(out, make):
         assert result.snapshot_id is not None
 
 
-def test_a_lake_open_twice_in_one_process_is_a_clear_error(out):
-    with Lake.open(out), pytest.raises(LakeError, match="already open in this process"):
+def test_a_duckdb_file_lake_open_twice_in_one_process_is_a_clear_error(out):
+    with Lake.open(out, catalog="duckdb"), pytest.raises(LakeError, match="already open in this process"):
         Lake.open(out, read_only=True)
 
 
@@ -286,8 +288,8 @@ def hold(out, seconds: float) -> subprocess.Popen:
     return proc
 
 
-def test_a_writer_waits_for_a_reader_that_holds_the_lake(out, make):
-    with Lake.open(out) as lake:
+def test_a_writer_waits_for_a_reader_that_holds_a_duckdb_file_lake(out, make):
+    with Lake.open(out, catalog="duckdb") as lake:  # the catalog of older lakes: one process at a time
         lake.commit(make.batch([make.trajectory(0)]), make.run_row())
     holder = hold(out, 3)
     try:
@@ -306,7 +308,7 @@ def test_a_writer_waits_for_a_reader_that_holds_the_lake(out, make):
 
 
 def test_a_writer_that_waits_too_long_names_the_holder(out, make):
-    with Lake.open(out) as lake:
+    with Lake.open(out, catalog="duckdb") as lake:
         lake.commit(make.batch([make.trajectory(0)]), make.run_row())
     holder = hold(out, 30)
     try:
