@@ -51,19 +51,22 @@ def evaluate(
     max_steps: int = 40,
     seed: int = 0,
     timeout_s: float = 300.0,
+    episodes: bool = True,
     **model_options: Any,
 ) -> Scores:
-    """Episodes of `spec` on `tasks` (one each) and its first choices along the oracle's paths.
-    Model policies answer greedily (temperature 0) unless `model_options` say otherwise."""
+    """Episodes of `spec` on `tasks` (one each; none with `episodes=False`) and its first choices
+    along the oracle's paths. Model policies answer greedily (temperature 0) unless
+    `model_options` say otherwise."""
     model_options.setdefault("temperature", 0.0)
     policy = make_policy(spec, **model_options)
     start = time.monotonic()
     scores = Scores(spec, len(tasks), 0, 0, 0, 0, 0.0)
     try:
         for i, task in enumerate(tasks):
-            episode = rollout(env, task, policy, seed=seed + i, max_steps=max_steps, timeout_s=timeout_s)
-            scores.won += bool(episode.success)
-            scores.steps += len(episode.steps)
+            if episodes:
+                episode = rollout(env, task, policy, seed=seed + i, max_steps=max_steps, timeout_s=timeout_s)
+                scores.won += bool(episode.success)
+                scores.steps += len(episode.steps)
             correct, asked = first_choices(policy, env, task, seed=seed + i, max_steps=max_steps)
             scores.correct += correct
             scores.decisions += asked

@@ -36,7 +36,7 @@ class TrainError(ValueError):
 @dataclass
 class TrainSettings:
     format: str
-    data: Path
+    data: Path | None  # None only to write a pretrained model as it is (steps 0)
     model: str
     out: Path
     steps: int = 200
@@ -79,8 +79,10 @@ def train(settings: TrainSettings) -> TrainResult:
     out = s.out.expanduser().resolve()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TrainError(f"--out {s.out}: exists and is not empty; choose a new folder for the model")
+    if s.data is None and (s.steps or s.model == SCRATCH):
+        raise TrainError("--data: needed to train (and to build a scratch tokenizer); pass an export folder")
     check_extra()
-    dataset = load_rows(s.data, s.format)
+    dataset = load_rows(s.data, s.format) if s.data is not None else []
     import torch
 
     torch.set_num_threads(max(1, s.threads))
@@ -98,7 +100,7 @@ def train(settings: TrainSettings) -> TrainResult:
         result = TrainResult(
             out, len(dataset), s.steps, model.num_parameters(), round(time.monotonic() - start, 1), losses
         )
-        record = {**asdict(s), **asdict(result), "data": str(s.data), "out": str(out)}
+        record = {**asdict(s), **asdict(result), "data": s.data and str(s.data), "out": str(out)}
         (tmp / RECORD).write_text(json.dumps(record, indent=1, default=str) + "\n")
         if out.exists():
             out.rmdir()  # checked empty above: nothing of the user's is deleted

@@ -345,11 +345,13 @@ class TrainFormat(StrEnum):
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option("--data", help="folder of training shards (trajforge export)")],
     model: Annotated[
         str, typer.Option("--model", help="scratch, smollm2, a .gguf file or a saved model directory")
     ],
     out: Annotated[Path, typer.Option("--out", help="new folder for the trained model")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="folder of training shards (trajforge export)")
+    ] = None,
     format: Annotated[TrainFormat, typer.Option("--format", help="sft (messages) or dpo")] = TrainFormat.sft,
     steps: Annotated[int, typer.Option(help="optimizer steps (0: write the starting model)")] = 200,
     batch_size: Annotated[int, typer.Option(min=1, help="rows per step")] = 4,
