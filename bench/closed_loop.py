@@ -12,7 +12,7 @@
    assistant turn), built here from the `pairs` table (BENCH-LOCAL, until `trajforge export
    --format dpo` lands; only the TRL conversational layout is assumed).
 4. `trajforge train`: one starting model written with `--steps 0` (scratch: a ~1M-parameter Llama
-   and a tokenizer trained on the export's text; or SmolLM2-135M-Instruct from its GGUF), then SFT
+   and a tokenizer trained on the oracle export's text; or SmolLM2-135M-Instruct from its GGUF), then SFT
    on each export for the same number of steps from that same model, then DPO on top of SFT.
 5. Held-out evaluation through trajforge's own policy path (`hf:DIR`, greedy): success rate,
    first-choice step accuracy along the oracle's path, steps per episode; random and the untrained
@@ -26,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,7 +34,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from trajforge.environments.textworld import TextWorldEnvironment, ensure_games
-from trajforge.recipes.evaluate import evaluate, markdown
+from trajforge.inference.specs import weights_fingerprint
+from trajforge.recipes.evaluate import Scores, evaluate, markdown
 from trajforge.store.lake import Lake
 
 
@@ -98,8 +100,18 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-steps", type=int, default=40, help="steps per episode (runs and evaluation)")
     ap.add_argument("--mcts-budget", type=int, default=800, help="env steps per MCTS task")
+    ap.add_argument("--max-length", type=int, default=1024, help="tokens per training row")
+    ap.add_argument("--eval-steps", type=int, default=30, help="steps per held-out episode")
+    ap.add_argument("--eval-tokens", type=int, default=24, help="tokens a model may write per step")
     ap.add_argument("--work", type=Path, default=Path("bench-closed-loop"))
     ap.add_argument("--cache", default=None, help="TextWorld game cache (default: trajforge's)")
+    ap.add_argument(
+        "--eval-only",
+        nargs="+",
+        metavar="NAME",
+        help="only evaluate these (random, untrained, sft-oracle, ...) whose models exist, into the "
+        "evaluation cache of --work (a later full run reuses them); to overlap with training",
+    )
     args = ap.parse_args()
 
     options = settings_of(args.settings)
@@ -113,6 +125,28 @@ def main() -> None:
     train, held = split_games(env, args.train_games, args.heldout_games, args.seed)
     ensure_games([s.env_task for s in train + held], args.cache, workers=2)
     times["games"] = time.monotonic() - t
+    models = work / f"models-{args.model}"
+    eval_options = {"max_steps": args.eval_steps, "max_tokens": args.eval_tokens, "cache_dir": None}
+
+    def scored(name: str) -> Scores:
+        """The held-out scores of `name` (cached in --work by the model's files and the settings)."""
+        spec = "random" if name == "random" else f"hf:{models / name}"
+        key = {"spec": spec, "games": [s.env_task for s in held], **eval_options}
+        if spec != "random":
+            key["weights"] = weights_fingerprint(models / name)
+        path = work / "evals" / f"{args.model}-{name}.json"
+        if path.is_file() and json.loads(path.read_text())["key"] == key:
+            return Scores(**json.loads(path.read_text())["scores"])
+        result = evaluate(spec, env, held, **eval_options)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"key": key, "scores": asdict(result)}, indent=1))
+        print(f"evaluated {name}: {result}", flush=True)
+        return result
+
+    if args.eval_only:
+        for name in args.eval_only:
+            scored(name)
+        return
 
     lake = work / "lake"
     t = time.monotonic()
@@ -158,13 +192,13 @@ def main() -> None:
     trajforge("export", "--out", str(lake), "--dest", str(data["sft-all"]), "--overwrite")
     n_pairs = dpo_from_pairs(lake, data["dpo"]) if args.mcts_games else 0
 
-    models = work / f"models-{args.model}"
     lr = "3e-3" if args.model == "scratch" else "2e-5"
     t = time.monotonic()
     base = models / "untrained"
     if not base.exists():
         trajforge(
-            "train", "--data", str(data["sft-all"]), "--model", args.model, "--out", str(base), "--steps", "0"
+            "train", "--data", str(data["sft-oracle"]), "--model", args.model, "--out", str(base),
+            "--steps", "0",
         )
     trained = {"untrained": base}
     plan = [
@@ -192,17 +226,16 @@ def main() -> None:
                 lr if fmt == "sft" else "1e-4",
                 "--batch-size",
                 str(args.batch_size),
+                "--max-length",
+                str(args.max_length),
             )
             print(f"{name}: {line}", flush=True)
         trained[name] = target
     times["train"] = time.monotonic() - t
 
     t = time.monotonic()
-    rows, labels = [], {"random": "random"}
-    for spec in ["random", *[f"hf:{path}" for path in trained.values()]]:
-        rows.append(evaluate(spec, env, held, max_steps=args.max_steps, max_tokens=32, cache_dir=None))
-        print(f"evaluated {spec}: {rows[-1]}", flush=True)
-    labels |= {f"hf:{path}": name for name, path in trained.items()}
+    rows = [scored(name) for name in ["random", *trained]]
+    labels = {"random": "random"} | {f"hf:{path}": name for name, path in trained.items()}
     times["evaluate"] = time.monotonic() - t
 
     print(
@@ -214,7 +247,10 @@ def main() -> None:
         + ", ".join(f"{r['search']} {r['won']}/{r['n']} won" for r in counts)
         + f"; {n_pairs} DPO pairs"
     )
-    print(f"training: SFT {args.steps} steps, DPO {args.dpo_steps} steps, batch {args.batch_size}\n")
+    print(
+        f"training: SFT {args.steps} steps, DPO {args.dpo_steps} steps, batch {args.batch_size}, "
+        f"{args.max_length} tokens a row; held-out episodes of at most {args.eval_steps} steps\n"
+    )
     print(markdown(rows, labels))
     print("\n" + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
 
