@@ -88,11 +88,24 @@ def load_start(model: str, texts: Iterable[str], *, seed: int = 0, size: Scratch
         net = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"--model {model}: cannot load it: {exc}") from exc
+    if "gguf_file" in kwargs:
+        _plain(net)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
         raise ModelError(f"--model {model}: its tokenizer has no chat template; use an instruct model")
     return net, tokenizer
+
+
+def _plain(model: Any) -> None:
+    """A GGUF model is dequantized into float weights as it loads, but stays marked as quantized,
+    which save_pretrained and Trainer refuse: drop the marks (the weights are plain tensors)."""
+    model.hf_quantizer = None
+    for holder in (model, model.config):
+        if hasattr(holder, "quantization_config"):
+            delattr(holder, "quantization_config")
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
 
 
 def build_scratch(texts: Iterable[str], *, seed: int, size: ScratchSize):
