@@ -13,7 +13,7 @@
    --format dpo` lands; only the TRL conversational layout is assumed).
 4. `trajforge train`: one starting model written with `--steps 0` (scratch: a ~1M-parameter Llama
    and a tokenizer trained on the oracle export's text; or SmolLM2-135M-Instruct from its GGUF), then SFT
-   on each export for the same number of steps from that same model, then DPO on top of SFT.
+   on each export for the same number of steps from that same model, then DPO on top of oracle SFT.
 5. Held-out evaluation through trajforge's own policy path (`hf:DIR`, greedy): success rate,
    first-choice step accuracy along the oracle's path, steps per episode; random and the untrained
    model are the baselines from the same run. One markdown table.
@@ -206,7 +206,7 @@ def main() -> None:
         ("sft-all", "sft", "sft-all", base, args.steps),
     ]
     if n_pairs:
-        plan.append(("sft-all+dpo", "dpo", "dpo", models / "sft-all", args.dpo_steps))
+        plan.append(("sft-oracle+dpo", "dpo", "dpo", models / "sft-oracle", args.dpo_steps))
     for name, fmt, source, start, steps in plan:
         target = models / name
         if not target.exists():
