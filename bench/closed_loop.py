@@ -87,6 +87,14 @@ def dpo_from_pairs(lake_dir: Path, dest: Path) -> int:
     return len(out)
 
 
+def export_all(lake: Path, data: dict[str, Path], pairs: bool) -> None:
+    where = ["--where", "search = 'rollout'"]
+    trajforge("export", "--out", str(lake), "--dest", str(data["sft-oracle"]), *where, "--overwrite")
+    trajforge("export", "--out", str(lake), "--dest", str(data["sft-all"]), "--overwrite")
+    if pairs:
+        dpo_from_pairs(lake, data["dpo"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-games", type=int, default=60)
@@ -105,6 +113,11 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=24, help="tokens a model may write per step")
     ap.add_argument("--work", type=Path, default=Path("bench-closed-loop"))
     ap.add_argument("--cache", default=None, help="TextWorld game cache (default: trajforge's)")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take the lake and exports already in --work as they are (no run, no export)",
+    )
     ap.add_argument(
         "--eval-only",
         nargs="+",
@@ -151,14 +164,16 @@ def main() -> None:
     lake = work / "lake"
     t = time.monotonic()
     common = {"tasks": args.train_games, "seed": args.seed, "max_steps": args.max_steps}
-    trajforge(
-        "run",
-        "--config",
-        str(run_config(work / "oracle.yaml", env_options, policies=["oracle"], **common)),
-        "--out",
-        str(lake),
-    )
-    if args.mcts_games:
+    runs = [] if args.reuse else ["oracle", *(["mcts"] if args.mcts_games else [])]
+    if "oracle" in runs:
+        trajforge(
+            "run",
+            "--config",
+            str(run_config(work / "oracle.yaml", env_options, policies=["oracle"], **common)),
+            "--out",
+            str(lake),
+        )
+    if "mcts" in runs:
         mcts = {
             **common,
             "tasks": args.mcts_games,
@@ -179,26 +194,25 @@ def main() -> None:
     assert not tasks_in_lake & {s.env_task for s in held}, "a held-out game reached the lake"
 
     data = {name: work / name for name in ("sft-oracle", "sft-all", "dpo")}
-    trajforge(
-        "export",
-        "--out",
-        str(lake),
-        "--dest",
-        str(data["sft-oracle"]),
-        "--where",
-        "search = 'rollout'",
-        "--overwrite",
-    )
-    trajforge("export", "--out", str(lake), "--dest", str(data["sft-all"]), "--overwrite")
-    n_pairs = dpo_from_pairs(lake, data["dpo"]) if args.mcts_games else 0
+    if not args.reuse:
+        export_all(lake, data, args.mcts_games > 0)
+    dpo_rows = data["dpo"] / "data"
+    n_pairs = pq.read_table(dpo_rows).num_rows if args.mcts_games and dpo_rows.is_dir() else 0
 
     lr = "3e-3" if args.model == "scratch" else "2e-5"
     t = time.monotonic()
     base = models / "untrained"
     if not base.exists():
         trajforge(
-            "train", "--data", str(data["sft-oracle"]), "--model", args.model, "--out", str(base),
-            "--steps", "0",
+            "train",
+            "--data",
+            str(data["sft-oracle"]),
+            "--model",
+            args.model,
+            "--out",
+            str(base),
+            "--steps",
+            "0",
         )
     trained = {"untrained": base}
     plan = [
