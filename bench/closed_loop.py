@@ -105,6 +105,12 @@ def main() -> None:
     ap.add_argument("--model", default="scratch", help="scratch or smollm2 (slow: ~14 s per step)")
     ap.add_argument("--steps", type=int, default=300, help="SFT steps")
     ap.add_argument("--dpo-steps", type=int, default=60)
+    ap.add_argument(
+        "--variants",
+        default="sft-oracle,sft-all,sft-oracle+dpo",
+        help="trained models to compare: SFT on oracle rows, SFT on oracle + MCTS rows, DPO on MCTS "
+        "sibling pairs on top of oracle SFT",
+    )
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-steps", type=int, default=40, help="steps per episode (runs and evaluation)")
     ap.add_argument("--mcts-budget", type=int, default=800, help="env steps per MCTS task")
@@ -221,6 +227,7 @@ def main() -> None:
     ]
     if n_pairs:
         plan.append(("sft-oracle+dpo", "dpo", "dpo", models / "sft-oracle", args.dpo_steps))
+    plan = [p for p in plan if p[0] in args.variants.split(",")]
     for name, fmt, source, start, steps in plan:
         target = models / name
         if not target.exists():
