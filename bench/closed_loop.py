@@ -163,8 +163,9 @@ def main() -> None:
         return result
 
     if args.eval_only:
-        for name in args.eval_only:
-            scored(name)
+        done = [scored(name) for name in args.eval_only]
+        named = {s.policy: name for s, name in zip(done, args.eval_only, strict=True)}
+        print(f"\n{args.settings}, {len(held)} held-out games, model {args.model}\n\n{markdown(done, named)}")
         return
 
     lake = work / "lake"
