@@ -23,6 +23,7 @@ BUILTIN = {
     "miniwob": "trajforge.environments.miniwob:MiniWoBEnvironment",
     "webapp": "trajforge.environments.webapp.environment:WebAppEnvironment",
     "python": "trajforge.environments.code.environment:PythonEnvironment",
+    "shop-api": "trajforge.environments.webapp.api:ShopApiEnvironment",
 }
 
 
