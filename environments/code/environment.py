@@ -140,6 +140,8 @@ def _observation(result: CellResult) -> str:
     if result.error:
         text += ("\n" if text and not text.endswith("\n") else "") + result.error
     text = text or "(no output)"
+    if result.reason not in (None, "error"):  # a limit or the deadline stopped it: say which
+        text += f"\n[stopped: {result.reason}]"
     if len(text) > MAX_OBSERVATION:
         half = MAX_OBSERVATION // 2
         text = text[:half] + f"\n[... {len(text) - MAX_OBSERVATION} characters cut ...]\n" + text[-half:]

@@ -1,8 +1,9 @@
 """One episode's Python interpreter in its own process, fenced in by bubblewrap (Debian's `bwrap`).
 
 The fence: a network namespace with nothing in it (loopback of its own), a process namespace,
-a read-only view of the system, a private scratch folder as /tmp (its only writable place; the
-home of root hidden), an unprivileged user of its own (so the process limit holds: the kernel
+a read-only view of the system (/usr, /etc, /opt and the interpreter: none of the data, the
+project, the homes), a private scratch folder as /tmp (its only writable place), an
+unprivileged user of its own (so the process limit holds: the kernel
 exempts root from it), and limits on address space, processes, file size and CPU time (prlimit).
 Each cell also has a CPU limit (the kernel's SIGXCPU stops it, the interpreter lives on) and a
 wall deadline (the whole sandbox is killed and a fresh interpreter started: its state is lost).
@@ -91,7 +92,8 @@ class Sandbox:
         python = str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")
         if not Path(python).exists():
             python = sys.executable
-        kernel = [python, "-I", "-S", str(KERNEL)]
+        # The kernel's source goes on the command line: no file of the project's is in view.
+        kernel = [python, "-I", "-S", "-c", KERNEL.read_text()]
         limits = [
             "prlimit",
             f"--as={lim.memory_mb * 1024 * 1024}",
@@ -105,7 +107,7 @@ class Sandbox:
             return limits + kernel
         fence = [
             "bwrap",
-            "--ro-bind", "/", "/",
+            *_system_view(Path(python)),
             "--dev", "/dev",
             "--proc", "/proc",
             "--bind", str(self.scratch), "/tmp",
@@ -119,7 +121,6 @@ class Sandbox:
             "--setenv", "TRAJFORGE_OUTPUT_CHARS", str(lim.output_chars),
             "--setenv", "TRAJFORGE_FENCED", "1",
         ]  # fmt: skip
-        fence += _hide_root_home([python, str(KERNEL)])
         user = [
             "setpriv",
             f"--reuid={self.uid}",
@@ -269,23 +270,23 @@ class Sandbox:
         self.close()
 
 
-def _hide_root_home(needed: list[str]) -> list[str]:
-    """bwrap arguments that hide /root (credentials live there) behind an empty tmpfs, binding back
-    read-only only the folders the interpreter needs (pyenv's Pythons live under /root)."""
-    args = ["--perms", "0755", "--tmpfs", "/root"]
-    made: set[str] = set()
-    for path in needed:
-        real = Path(path).resolve()
-        if real.parts[:2] != ("/", "root"):
-            continue
-        folder = real.parent if real.is_file() else real
-        # the installation's root: bin/python3.11 -> its prefix; kernel.py -> its folder
-        if folder.name == "bin":
-            folder = folder.parent
-        for i in range(3, len(folder.parts)):
-            parent = str(Path(*folder.parts[:i]))
-            if parent not in made:
-                args += ["--perms", "0755", "--dir", parent]
-                made.add(parent)
-        args += ["--ro-bind", str(folder), str(folder)]
+def _system_view(python: Path) -> list[str]:
+    """bwrap arguments for a read-only view of the system and nothing else: /usr, /etc, /opt and
+    the interpreter's installation, not the data (no /work, /home, /root, /var, /srv, /mnt), so
+    a cell can read neither hidden tests nor the lake nor anyone's credentials."""
+    args: list[str] = []
+    for top in ("/usr", "/etc", "/opt"):
+        if Path(top).is_dir():
+            args += ["--ro-bind", top, top]
+    for link in ("/bin", "/sbin", "/lib", "/lib64", "/lib32"):
+        path = Path(link)
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), link]
+        elif path.is_dir():
+            args += ["--ro-bind", link, link]
+    prefix = python.resolve().parent.parent  # PREFIX/bin/pythonX.Y
+    if not any(prefix.is_relative_to(top) for top in ("/usr", "/opt")):
+        for i in range(2, len(prefix.parts)):  # its parents, traversable by the sandbox's user
+            args += ["--perms", "0755", "--dir", str(Path(*prefix.parts[:i]))]
+        args += ["--ro-bind", str(prefix), str(prefix)]
     return args
