@@ -179,6 +179,9 @@ def test_steps_view_has_one_row_per_step(out, make):
         "done",
         "value",
         "success",
+        "tool_name",
+        "tool_arguments",
+        "tool_result",
     ]
     first = steps.slice(0, 1).to_pylist()[0]
     assert first["step_index"] == 0 and first["thought"] == "go on" and first["success"] is True
