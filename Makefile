@@ -13,13 +13,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,web,models,train,tasks]'
 	@touch $@
 
-# Chromium (and its driver, for MiniWoB's own Selenium environment in bench/web.py) from
-# Debian's packages where they are missing; elsewhere Playwright's own download.
+# Chromium (and its driver, for MiniWoB's own Selenium environment in bench/web.py) and bubblewrap
+# (the python environment's sandbox) from Debian's packages where they are missing; elsewhere
+# Playwright's own download of Chromium.
 chromium: $(STAMP)
-	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && \
+	   command -v bwrap >/dev/null 2>&1; } || \
 	 { if command -v apt-get >/dev/null 2>&1; then \
 	     SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	     $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	     $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver bubblewrap >/dev/null; \
 	   else $(BIN)/playwright install chromium; fi; }
 
 # PostgreSQL's server, for the tests of lakes on a PostgreSQL catalog (they start their own cluster).

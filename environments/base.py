@@ -5,7 +5,9 @@ implements the methods below. `snapshot`/`restore` and `walkthrough` are optiona
 callers check `supports_snapshot` and get `None` from `walkthrough()` when there is none.
 Also optional: `prepare(specs, workers)` (build assets once before a run) and a class
 attribute `run_defaults` (run settings, such as `max_steps` or `mcts`, for a run of this
-environment alone wherever the config and the flags say nothing).
+environment alone wherever the config and the flags say nothing). Also optional: `tools`, a list
+of tools in OpenAI's function-calling format; an environment that declares them takes actions
+that are calls (schemas.toolcalls.encode_call) and checks them with environments.tools.check_call.
 """
 
 from __future__ import annotations

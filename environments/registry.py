@@ -22,6 +22,8 @@ BUILTIN = {
     "textworld": "trajforge.environments.textworld:TextWorldEnvironment",
     "miniwob": "trajforge.environments.miniwob:MiniWoBEnvironment",
     "webapp": "trajforge.environments.webapp.environment:WebAppEnvironment",
+    "python": "trajforge.environments.code.environment:PythonEnvironment",
+    "shop-api": "trajforge.environments.webapp.api:ShopApiEnvironment",
 }
 
 

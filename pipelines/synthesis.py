@@ -247,6 +247,7 @@ class Search(_EnvDoFn):
                     seed,
                     self.critic(),
                 )
+                tools = getattr(env, "tools", None)
         except Exception as exc:  # noqa: BLE001 - one item fails, not the run
             return [self._search_failure(item, exc)]
         rows = records.search_records(
@@ -258,6 +259,7 @@ class Search(_EnvDoFn):
             run_id=spec.run_id,
             keep_terminal_paths=spec.keep_terminal_paths,
             pair_gap=spec.pair_gap,
+            tools=tools,
         )
         return [
             environment_verdict(row)

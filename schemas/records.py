@@ -107,6 +107,10 @@ class Step(Record):
     reward: float = 0.0
     done: bool = False
     value: float | None = None  # the search's estimate of this action's return (PRM data)
+    # When the action is a tool call (schemas.toolcalls): its name, arguments (JSON) and result.
+    tool_name: str | None = None
+    tool_arguments: str | None = None
+    tool_result: str | None = None
 
 
 class Trajectory(Record):
@@ -140,6 +144,7 @@ class Trajectory(Record):
     cached_tokens_in: int = 0  # tokens of the cached answers (tokens_in/out/cost_usd: paid now)
     cached_tokens_out: int = 0
     cached_cost_usd: float = 0.0  # what the cached answers cost when they were paid
+    tools: str | None = None  # the tools the environment declared (JSON, OpenAI's function format)
 
 
 class Pair(Record):

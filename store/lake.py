@@ -49,10 +49,10 @@ READER_LOCK_TIMEOUT_S = 10.0
 ORPHAN_MIN_AGE_S = 3600.0
 
 STEPS_VIEW = """
-CREATE VIEW IF NOT EXISTS lake.steps AS
+CREATE {verb} lake.steps AS
 SELECT trajectory_id, task_id, env, search, policy, run_id,
        s."index" AS step_index, s.observation, s.action, s.thought, s.reward, s.done, s.value,
-       success
+       success, s.tool_name, s.tool_arguments, s.tool_result
 FROM (SELECT *, UNNEST(steps) AS s FROM trajectories)
 """
 
@@ -219,7 +219,12 @@ class Lake:
             for name, (schema, key) in TABLES.items():
                 self._con.execute(create_table_sql(name, schema, key))
                 self._add_missing_columns(name, schema)
-            self._con.execute(STEPS_VIEW)
+            self._con.execute(STEPS_VIEW.format(verb="VIEW IF NOT EXISTS"))
+            view = self._con.execute(
+                "SELECT sql FROM duckdb_views() WHERE database_name = 'lake' AND view_name = 'steps'"
+            ).fetchone()
+            if view and "tool_result" not in view[0]:  # a lake from before the tool columns
+                self._con.execute(STEPS_VIEW.format(verb="OR REPLACE VIEW"))
             self._con.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -248,6 +253,18 @@ class Lake:
             if f.name not in present:
                 column = f"{quote(f.name)} {duck_type(f.type)}"
                 self._con.execute(f"ALTER TABLE lake.{quote(name)} ADD COLUMN {column}")
+            elif pa.types.is_list(f.type) and pa.types.is_struct(f.type.value_type):
+                self._add_missing_fields(name, f)
+
+    def _add_missing_fields(self, name: str, column: pa.Field) -> None:
+        """New fields of a list of structs (a step's): without them an insert would drop their values."""
+        query = f"SELECT {quote(column.name)} FROM lake.{quote(name)} LIMIT 0"
+        have = self._con.execute(query).fetch_arrow_table().schema.field(column.name).type
+        known = {f.name for f in have.value_type}
+        for f in column.type.value_type:
+            if f.name not in known:
+                path = f"{quote(column.name)}.element.{quote(f.name)}"
+                self._con.execute(f"ALTER TABLE lake.{quote(name)} ADD COLUMN {path} {duck_type(f.type)}")
 
     def commit(
         self, tables: dict[str, pa.Table], run: dict[str, Any], *, step: dict[str, Any] | None = None

@@ -9,7 +9,8 @@ from typing import Any
 
 from trajforge.inference.specs import model_fingerprint
 from trajforge.schemas import ids
-from trajforge.schemas.records import Artifact, Trajectory, TreeNode
+from trajforge.schemas.records import Artifact, Step, Trajectory, TreeNode
+from trajforge.schemas.toolcalls import step_fields
 from trajforge.synthesizers.pairs import sibling_pairs
 from trajforge.synthesizers.search import Path_, SearchResult, SearchSettings, search_key
 
@@ -37,16 +38,18 @@ def search_records(
     run_id: str,
     keep_terminal_paths: bool = False,
     pair_gap: float = 0.1,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[Row]:
     """Rows of one (task, policy) search. `task` is a Task row (task_id, env, ...); `key` its
     `item_key`. Every sample of best_of_n is data; of a tree, the best path unless
-    `keep_terminal_paths`. The sibling pairs the mining drops are counted by reason (COUNTS)."""
+    `keep_terminal_paths`. The sibling pairs the mining drops are counted by reason (COUNTS).
+    `tools`: the environment's declared tools, when its actions are calls."""
     out: list[Row] = []
     tree = result.root is not None
     paths = result.paths[:1] if tree and not keep_terminal_paths else result.paths
     share = len(paths) or 1  # the search's cost, spread over what it produced
     for rank, path in enumerate(paths):
-        record = trajectory(task, policy, key, path, result, settings, share, rank, run_id)
+        record = trajectory(task, policy, key, path, result, settings, share, rank, run_id, tools)
         out.append((TRAJECTORIES, record.row()))
         for index, png in sorted(path.screenshots.items()):
             shot = Artifact.make(record.trajectory_id, index, "screenshot", "image/png", png)
@@ -122,6 +125,7 @@ def trajectory(
     share: int,
     rank: int,
     run_id: str,
+    tools: list[dict[str, Any]] | None = None,
 ) -> Trajectory:
     """One path of a search as a Trajectory with `1/share` of the search's cost (the rank-0 path
     takes the remainder of the environment steps). A tree's paths are named by their actions,
@@ -137,7 +141,7 @@ def trajectory(
         instruction=result.instruction,
         search=settings.method,
         policy=policy,
-        steps=path.steps,
+        steps=with_tool_calls(path.steps, path.final_observation) if tools else path.steps,
         num_steps=len(path.steps),
         total_reward=path.total_reward,
         success=path.success,
@@ -154,4 +158,15 @@ def trajectory(
         final_observation=path.final_observation,
         stop_reason=path.stop_reason,
         run_id=run_id,
+        tools=ids.canonical_json(tools) if tools else None,
     )
+
+
+def with_tool_calls(steps: list[Step], final_observation: str) -> list[Step]:
+    """Steps whose actions are tool calls, with each call's name, arguments and result (what the
+    environment answered: the next step's observation, or the final one)."""
+    results = [s.observation for s in steps[1:]] + [final_observation]
+    return [
+        step.model_copy(update=step_fields(step.action, result))
+        for step, result in zip(steps, results, strict=True)
+    ]

@@ -24,6 +24,9 @@ STEP = pa.struct(
         ("reward", pa.float64()),
         ("done", pa.bool_()),
         ("value", pa.float64()),
+        ("tool_name", pa.string()),
+        ("tool_arguments", pa.string()),
+        ("tool_result", pa.string()),
     ]
 )
 
@@ -99,6 +102,7 @@ TRAJECTORIES = pa.schema(
         ("cached_tokens_in", pa.int64()),
         ("cached_tokens_out", pa.int64()),
         ("cached_cost_usd", pa.float64()),
+        ("tools", pa.string()),
     ]
 )
 

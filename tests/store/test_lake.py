@@ -179,6 +179,9 @@ def test_steps_view_has_one_row_per_step(out, make):
         "done",
         "value",
         "success",
+        "tool_name",
+        "tool_arguments",
+        "tool_result",
     ]
     first = steps.slice(0, 1).to_pylist()[0]
     assert first["step_index"] == 0 and first["thought"] == "go on" and first["success"] is True
@@ -359,3 +362,26 @@ def test_a_crashed_commit_leaves_no_orphans_after_the_next_writer_opens(out, mak
     assert parquet_files(out) == committed | {young}
     with Lake.open(out, read_only=True) as lake:
         assert count(lake, "trajectories") == 3
+
+
+def test_a_lake_from_before_the_tool_columns_keeps_a_tool_calls_fields(out, make, monkeypatch):
+    """Steps gained fields (a tool call's name, arguments, result): an older lake's step struct
+    catches up when opened for writing, so an insert does not drop them."""
+    import trajforge.store.lake as lake_module
+
+    new_step = TRAJECTORIES.field("steps").type.value_type
+    old_step = pa.struct([f for f in new_step if not f.name.startswith("tool_")])
+    old = TRAJECTORIES.set(TRAJECTORIES.get_field_index("steps"), pa.field("steps", pa.list_(old_step)))
+    monkeypatch.setattr(lake_module, "TABLES", {**TABLES, "trajectories": (old, "trajectory_id")})
+    old_view = lake_module.STEPS_VIEW.replace(", s.tool_name, s.tool_arguments, s.tool_result", "")
+    monkeypatch.setattr(lake_module, "STEPS_VIEW", old_view)
+    Lake.open(out).close()
+    monkeypatch.undo()
+    row = make.trajectory(0)
+    row["steps"][0].update(tool_name="view_cart", tool_arguments="{}", tool_result='{"total": 0}')
+    with Lake.open(out) as lake:
+        lake.commit(make.batch([row]), make.run_row())
+        stored = lake.sql("SELECT tool_name, tool_arguments, tool_result FROM steps WHERE step_index = 0")
+    assert stored.to_pylist() == [
+        {"tool_name": "view_cart", "tool_arguments": "{}", "tool_result": '{"total": 0}'}
+    ]

@@ -109,3 +109,32 @@ def test_pair_mining_counts_what_it_drops_by_reason():
     # 2 wins x 2 losses: one over the limit; of the three tried, the one against t3 starts elsewhere
     assert dropped == {"over_limit": 1, "different_start": 1}
     assert len(pairs) == 2
+
+
+def test_tool_call_steps_keep_each_call_and_its_result_and_the_declared_tools():
+    import json
+
+    from trajforge.environments.base import TaskSpec
+    from trajforge.environments.webapp.api import ShopApiEnvironment
+    from trajforge.synthesizers.policies import OraclePolicy
+
+    settings = SearchSettings(method="rollout", max_steps=8)
+    env = ShopApiEnvironment()
+    result = search(env, TaskSpec("buy", 3), OraclePolicy(), settings, 0)
+    task = {**planned_task("shop-api", "buy", 3), "instruction": result.instruction}
+    rows = search_records(
+        task, "oracle", item_key("oracle", settings), result, settings, run_id="r", tools=env.tools
+    )
+    (trajectory,) = of(rows, TRAJECTORIES)
+    assert trajectory["success"] and json.loads(trajectory["tools"]) == env.tools
+    steps = trajectory["steps"]
+    assert [s["tool_name"] for s in steps] == ["search_products", "get_product", "add_to_cart", "checkout"]
+    assert json.loads(steps[2]["tool_arguments"]) == json.loads(steps[2]["action"])["arguments"]
+    assert [s["tool_result"] for s in steps] == [s["observation"] for s in steps[1:]] + [
+        trajectory["final_observation"]
+    ]
+    assert "order_id" in json.loads(steps[-1]["tool_result"])
+    # a text-action environment's steps carry no tool columns
+    toy_rows, _, _ = rows_of(BEST_OF_N)
+    assert all(s["tool_name"] is None for t in of(toy_rows, TRAJECTORIES) for s in t["steps"])
+    assert all(t["tools"] is None for t in of(toy_rows, TRAJECTORIES))
