@@ -185,7 +185,8 @@ FAULTS = {"503_retry_after": 0.15, "503": 0.15, "hang": 0.10, "malformed": 0.10}
 
 
 def test_a_run_completes_against_a_faulty_model_server(cli, tiny_server, tmp_path):
-    proxy = FaultProxy(tiny_server.url, FAULTS)
+    # A hang lasts an hour: only the client's 2 s timeout ends it, well inside the command's 600 s.
+    proxy = FaultProxy(tiny_server.url, FAULTS, hang_s=3600)
     try:
         config = tmp_path / "faulty.yaml"
         config.write_text(
@@ -221,5 +222,4 @@ def test_a_run_completes_against_a_faulty_model_server(cli, tiny_server, tmp_pat
     # Reasons are codes a user can act on (the exception's class stays in the detail).
     assert {f["reason"] for f in failures} <= {"timeout", "http_503", "malformed", "connect", "circuit_open"}
     assert all(f["detail"] for f in failures)
-    hangs = proxy.kinds.count("hang")
-    assert wall < 60 * runs + hangs * 2.0 * 1.5  # bounded by the configured timeouts, not by the hangs
+    assert "hang" in proxy.kinds and wall < 600 * runs  # the hours of hanging cost no more than timeouts
