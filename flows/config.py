@@ -92,11 +92,9 @@ def check_runnable(config: RunConfig) -> None:
     """What this machine must have for the run, checked before anything is written (by the CLI and
     by the flow): each environment built with its options (missing programs named), the local
     model directories, the API key's variable. The config's own rules are its validators."""
-    from trajforge.environments import registry
+    from trajforge.environments import goals, registry
     from trajforge.inference.specs import parse_spec
     from trajforge.synthesizers.policies import BUILTIN
-
-    from trajforge.environments import goals
 
     for env in config.envs:
         try:

@@ -120,13 +120,17 @@ class SynthesisConfig(SynthesisSettings):
     def __post_init__(self) -> None:
         unknown = [s for s in self.sources if s not in SOURCES]
         if unknown:
-            raise ConfigError(f"synthesis.sources: {unknown[0]!r} is unknown; use some of {', '.join(SOURCES)}")
+            raise ConfigError(
+                f"synthesis.sources: {unknown[0]!r} is unknown; use some of {', '.join(SOURCES)}"
+            )
         for name in ("instances", "attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"synthesis.{name}: must be at least 1; raise it")
 
     def settings(self) -> SynthesisSettings:
-        return SynthesisSettings(**{name: getattr(self, name) for name in SynthesisSettings.__dataclass_fields__})
+        return SynthesisSettings(
+            **{name: getattr(self, name) for name in SynthesisSettings.__dataclass_fields__}
+        )
 
 
 class RunConfig(BaseModel):
@@ -185,7 +189,8 @@ class RunConfig(BaseModel):
         "after its last step; none: the run commits once, at its end",
     )
     synthesis: SynthesisConfig | None = Field(
-        None, description="synthesize the run's tasks (or take the lake's synthesized ones); none: the env's own"
+        None,
+        description="synthesize the run's tasks (or take the lake's synthesized ones); none: the env's own",
     )
     max_failed_share: float = Field(
         0.2,

@@ -68,7 +68,16 @@ def plan(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
     try:
         for env in config.envs:
             result = synthesize(
-                env.name, env.options, settings, search, policy, config.seed, config.run_id, known, eval_set, embed
+                env.name,
+                env.options,
+                settings,
+                search,
+                policy,
+                config.seed,
+                config.run_id,
+                known,
+                eval_set,
+                embed,
             )
             counts.update({f"synthesis:{env.name}:{k}": v for k, v in result.counts.items()})
             counts[f"synthesis:{env.name}:env_steps"] += sum(result.env_steps.values())

@@ -128,7 +128,9 @@ class DescribeTask(_EnvDoFn):
         synthesized = spec.get("task") or {}
         try:
             with self.env(spec["env"]) as env:
-                reset = env.reset(TaskSpec(spec["env_task"], spec["seed"], synthesized.get("instruction", "")))
+                reset = env.reset(
+                    TaskSpec(spec["env_task"], spec["seed"], synthesized.get("instruction", ""))
+                )
         except Exception as exc:  # noqa: BLE001 - one task fails, not the run
             yield self.failure(tid, tid, "describe", exc)
             return
