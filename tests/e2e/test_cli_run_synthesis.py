@@ -1,7 +1,7 @@
 """`trajforge run` with a `synthesis:` section, end to end on TextWorld: the run synthesizes and
 verifies its tasks, then searches them; the lake gets the synthesized tasks (goal, setup, witness,
-generator), every candidate, and trajectories whose success is the goal's checker. A second run
-with `from_lake` searches the lake's synthesized tasks without making any."""
+generator), every candidate, and trajectories whose success is the goal's checker. (`from_lake`
+planning is tests/flows/test_synthesis_config.py's.)"""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ CONFIG = {
     "synthesis": {
         "instances": 1,
         "explore_steps": 30,
+        "per_instance": 4,
+        "per_template": 1,
         "attempts": 1,
         "embeddings": False,
         "sources": ["template", "explored"],
@@ -60,17 +62,6 @@ def test_run_synthesizes_verifies_and_searches_its_tasks(cli, tmp_path):
             assert traj["success"] == goals.goal_holds(env, goal), (traj, task["instruction"])
     finally:
         env.close()
-
-    # The lake's synthesized tasks, searched again by another run that makes none.
-    again = {**CONFIG, "out": str(out), "tasks": 2, "seed": 1, "synthesis": {"from_lake": True}}
-    cfg.write_text(yaml.safe_dump(again))
-    result = cli("run", "--config", str(cfg))
-    assert result.returncode == 0, result.stderr + result.stdout
-    second = sql_json(cli, out, f"SELECT counts FROM runs WHERE run_id <> '{run_id}'")[0]["counts"]
-    second = dict(second) if not isinstance(second, list) else {k: v for k, v in second}
-    assert second["trajectories"] == 2 and second["tasks"] == 2
-    assert not any(k.startswith("synthesis:") for k in second)
-    assert sql_json(cli, out, "SELECT count(*) AS n FROM tasks")[0]["n"] == len(tasks)
 
 
 def test_from_lake_without_synthesized_tasks_is_one_line(cli, tmp_path):
