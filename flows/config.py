@@ -92,15 +92,30 @@ def check_runnable(config: RunConfig) -> None:
     """What this machine must have for the run, checked before anything is written (by the CLI and
     by the flow): each environment built with its options (missing programs named), the local
     model directories, the API key's variable. The config's own rules are its validators."""
-    from trajforge.environments import registry
+    from trajforge.environments import goals, registry
     from trajforge.inference.specs import parse_spec
     from trajforge.synthesizers.policies import BUILTIN
 
     for env in config.envs:
         try:
-            registry.make(env.name, **env.options).close()
+            made = registry.make(env.name, **env.options)
         except TypeError as exc:
             raise ConfigError(f"envs.{env.name}.options: {exc}; see the README's environment table") from None
+        speaks_goals = goals.supports_goals(made)
+        made.close()
+        if config.synthesis and not speaks_goals:
+            raise ConfigError(
+                f"synthesis: {env.name} does not speak the goal contract, so its tasks cannot be "
+                "synthesized; remove the synthesis section or that environment"
+            )
+    if config.synthesis and config.synthesis.from_lake:
+        from trajforge.flows.synthesized import lake_tasks
+
+        lake_tasks(config)  # refuses an environment the lake has no synthesized tasks of
+    if config.synthesis and config.synthesis.decontaminate:
+        from trajforge.synthesizers.tasks import load_eval_set
+
+        load_eval_set(config.synthesis.decontaminate)
     for spec in config.policies:
         parse_spec(spec, "policies", BUILTIN).check_present("policies")
     if config.judge:

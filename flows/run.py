@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from trajforge.environments import registry
+from trajforge.flows import synthesized
 from trajforge.flows.config import RunConfig, check_runnable, code_version
 from trajforge.flows.progress import RunProgress
 from trajforge.flows.staging import RunDir, write_json_atomic
@@ -235,6 +236,7 @@ def commit(config: RunConfig, run_dir: RunDir, record: RunRecord) -> dict:
     """Commit the validated batch; the lake adds only ids it lacks, the first staged row of an id
     winning, as in dedup."""
     tables = {name: run_dir.read_staged(name) for name in synthesis.STAGED_TABLES}
+    tables |= synthesized.candidates(run_dir)
     with Lake.open(config.out, catalog=config.catalog) as lake:
         result = lake.commit(tables, record.row())
     run_dir.set_status("committed", snapshot_id=result.snapshot_id, added=result.added)
@@ -263,9 +265,21 @@ def run_record(config: RunConfig, counts: Counter, started: datetime) -> RunReco
     )
 
 
+@task(cache_policy=NO_CACHE)
+def synthesize_tasks(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
+    """A `synthesis:` run's tasks: synthesized and verified (or the lake's), see flows.synthesized."""
+    return synthesized.plan(config, run_dir)
+
+
 def plan_and_save(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
-    """Plan the run's tasks (building any assets) and record the plan in the run folder."""
-    specs = plan_tasks(config)
+    """Plan the run's tasks (building any assets) and record the plan in the run folder. A run's
+    synthesis is done once: planned again (a retry), it keeps the tasks it synthesized."""
+    if config.synthesis is None:
+        specs = plan_tasks(config)
+    elif synthesized.planned_before(run_dir):
+        return saved_plan(config, run_dir)
+    else:
+        specs = synthesize_tasks(config, run_dir)
     write_json_atomic(run_dir.plan_path, specs)
     return specs
 
@@ -276,7 +290,7 @@ def saved_plan(config: RunConfig, run_dir: RunDir) -> list[dict[str, Any]]:
     except (OSError, ValueError):
         return plan_and_save(config, run_dir)
     return [
-        planned_task(s["env"], s["env_task"], s["seed"]) for s in saved
+        planned_task(s["env"], s["env_task"], s["seed"], s.get("task")) for s in saved
     ]  # plans of older versions had no ids
 
 
@@ -339,6 +353,7 @@ def _run(config: RunConfig, run_dir: RunDir, dry_run: bool) -> dict[str, Any]:
     progress = RunProgress(config.run_id, len(_items(config, specs)))
     progress.set_stage("validating")
     counts = validate(config, run_dir, specs)
+    counts.update(synthesized.counts(run_dir))
     progress.step_done(len(_items(config, specs)), dict(counts))
     progress.set_stage("committing" if not dry_run else "validated (dry run)")
     progress.close()

@@ -4,17 +4,20 @@ one-line errors as the command line. Loading it from YAML and flags is config.py
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from trajforge.flows.code_version import code_version
 from trajforge.inference.specs import ClientOptions, ClientSettings
 from trajforge.schemas.errors import ConfigError
 from trajforge.schemas.ids import canonical_json
 from trajforge.schemas.kinds import SearchMethod
+from trajforge.synthesizers.tasks import SOURCES, SynthesisSettings
 
 # Settings that decide where and how fast a run executes, not what data it makes:
 # they stay out of the fingerprint, so moving a run to another runner or folder keeps its id
@@ -104,6 +107,32 @@ class ModelConfig(ClientSettings, PolicySettings):
         return ClientOptions(cache_dir=cache_dir, **self.model_dump(include=set(ClientSettings.model_fields)))
 
 
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class SynthesisConfig(SynthesisSettings):
+    """`synthesis:` of a run: its tasks are synthesized (synthesizers.tasks, with these settings)
+    and verified before the search, instead of the environment's own; or, with `from_lake`, the
+    synthesized tasks already in the lake (up to `tasks` per environment), with none made."""
+
+    from_lake: bool = False
+    policy: str = "random"  # policy SPEC of the solve-rate rollouts (max_steps steps each)
+    decontaminate: Path | None = None  # evaluation set whose tasks must not be made
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.sources if s not in SOURCES]
+        if unknown:
+            raise ConfigError(
+                f"synthesis.sources: {unknown[0]!r} is unknown; use some of {', '.join(SOURCES)}"
+            )
+        for name in ("instances", "attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"synthesis.{name}: must be at least 1; raise it")
+
+    def settings(self) -> SynthesisSettings:
+        return SynthesisSettings(
+            **{name: getattr(self, name) for name in SynthesisSettings.__dataclass_fields__}
+        )
+
+
 class RunConfig(BaseModel):
     """Everything a run needs. Unknown fields are refused."""
 
@@ -158,6 +187,10 @@ class RunConfig(BaseModel):
         ge=1,
         description="commit every this many tasks, each step a snapshot, so a killed run resumes "
         "after its last step; none: the run commits once, at its end",
+    )
+    synthesis: SynthesisConfig | None = Field(
+        None,
+        description="synthesize the run's tasks (or take the lake's synthesized ones); none: the env's own",
     )
     max_failed_share: float = Field(
         0.2,
@@ -245,7 +278,15 @@ class RunConfig(BaseModel):
 
     def fingerprint_json(self) -> str:
         exclude: dict[str, Any] = {f: True for f in EXECUTION_FIELDS} | {"model": EXECUTION_MODEL_FIELDS}
-        return canonical_json(self.model_dump(mode="json", exclude=exclude))
+        data = self.model_dump(mode="json", exclude=exclude)
+        if data["synthesis"] is None:  # runs without synthesis keep the ids they had
+            del data["synthesis"]
+        elif self.synthesis and self.synthesis.decontaminate:  # its content, not its path, is the data
+            with contextlib.suppress(OSError):
+                data["synthesis"]["decontaminate"] = hashlib.sha256(
+                    self.synthesis.decontaminate.read_bytes()
+                ).hexdigest()
+        return canonical_json(data)
 
     @property
     def config_hash(self) -> str:

@@ -22,6 +22,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from trajforge.flows import run as one_batch
+from trajforge.flows import synthesized
 from trajforge.flows.config import RunConfig
 from trajforge.flows.progress import RunProgress
 from trajforge.flows.staging import RunDir
@@ -104,9 +105,10 @@ def run_in_steps(config: RunConfig, run_dir: RunDir, every: int) -> dict[str, An
     total: Counter = Counter()
     for note in done.values():
         total.update(note["counts"])
+    total.update(synthesized.counts(run_dir))
     record = one_batch.run_record(config, total, started)
-    with Lake.open(config.out, catalog=config.catalog) as lake:
-        result = lake.commit({}, record.row())
+    with Lake.open(config.out, catalog=config.catalog) as lake:  # with the synthesis' candidates
+        result = lake.commit(synthesized.candidates(run_dir), record.row())
     run_dir.set_status("committed", snapshot_id=result.snapshot_id, steps=len(bounds))
     counts = {k: v for k, v in total.items() if not k.startswith("total:")}
     return {

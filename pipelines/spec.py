@@ -50,7 +50,9 @@ def search_deadline_s(wall_s: float, margin_s: float = DEADLINE_MARGIN_S) -> flo
     return wall_s * DEADLINE_FACTOR + margin_s
 
 
-def planned_task(env: str, env_task: str, seed: int) -> dict[str, Any]:
+def planned_task(env: str, env_task: str, seed: int, task: dict[str, Any] | None = None) -> dict[str, Any]:
     """A task as planned, before any pipeline runs: its id is minted here (the Task record the
-    pipeline makes of it carries the same id), so a flow knows every task's id up front."""
-    return {"task_id": ids.task_id(env, env_task, seed), "env": env, "env_task": env_task, "seed": seed}
+    pipeline makes of it carries the same id), so a flow knows every task's id up front.
+    `task`: a synthesized task's own fields (instruction, goal, setup, witness, generator, ...)."""
+    spec = {"task_id": ids.task_id(env, env_task, seed), "env": env, "env_task": env_task, "seed": seed}
+    return spec | ({"task": task} if task else {})

@@ -38,7 +38,7 @@ from apache_beam.transforms.window import GlobalWindow  # noqa: E402
 from apache_beam.utils.timestamp import MIN_TIMESTAMP  # noqa: E402
 from apache_beam.utils.windowed_value import WindowedValue  # noqa: E402
 
-from trajforge.environments import registry  # noqa: E402
+from trajforge.environments import goals, registry  # noqa: E402
 from trajforge.environments.base import Environment, TaskSpec  # noqa: E402
 from trajforge.pipelines.deadlines import DeadlineExceeded, DeadlinePool  # noqa: E402
 from trajforge.pipelines.judging import Judge  # noqa: E402
@@ -87,8 +87,8 @@ class _EnvDoFn(beam.DoFn):
         with self._lock:
             free = self._free.setdefault(key, [])
             env = free.pop() if free else None
-        if env is None:
-            env = registry.make(name, **self.spec.env_options.get(name, {}))
+        if env is None:  # wrapped: a synthesized (`goal:`) task runs its setup and its goal's checker
+            env = goals.wrap(registry.make(name, **self.spec.env_options.get(name, {})))
         me = threading.current_thread()
         self._busy[me] = env
         try:
@@ -121,23 +121,29 @@ class _EnvDoFn(beam.DoFn):
 
 class DescribeTask(_EnvDoFn):
     """Planned task (its task_id minted when the flow planned it) -> Task record, with the
-    instruction the environment gives at reset."""
+    instruction the environment gives at reset; a synthesized task keeps its own fields."""
 
     def process(self, spec: dict[str, Any]) -> Iterator[Any]:
         tid = spec["task_id"]
+        synthesized = spec.get("task") or {}
         try:
             with self.env(spec["env"]) as env:
-                reset = env.reset(TaskSpec(spec["env_task"], spec["seed"]))
+                reset = env.reset(
+                    TaskSpec(spec["env_task"], spec["seed"], synthesized.get("instruction", ""))
+                )
         except Exception as exc:  # noqa: BLE001 - one task fails, not the run
             yield self.failure(tid, tid, "describe", exc)
             return
         yield Task(
-            task_id=tid,
-            env=spec["env"],
-            env_task=spec["env_task"],
-            seed=spec["seed"],
-            instruction=reset.instruction,
-            run_id=self.spec.run_id,
+            **{
+                **synthesized,
+                "task_id": tid,
+                "env": spec["env"],
+                "env_task": spec["env_task"],
+                "seed": spec["seed"],
+                "instruction": reset.instruction,
+                "run_id": self.spec.run_id,
+            }
         ).row()
 
 
