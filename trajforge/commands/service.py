@@ -1,5 +1,5 @@
-"""Commands for operating trajforge as a service: `migrate`, `report`. Registered on
-the main app by `register`; heavy imports stay inside the commands."""
+"""Commands for operating trajforge as a service: `migrate`, `report`. Heavy imports stay inside
+the commands."""
 
 from __future__ import annotations
 
@@ -7,11 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(migrate)
-    app.command()(report)
 
 
 def migrate(
