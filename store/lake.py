@@ -27,13 +27,16 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from trajforge.schemas.arrow import RUNS, TABLES, to_table
+from trajforge.schemas.arrow import TABLES
 from trajforge.schemas.errors import LakeError
 from trajforge.store import catalogs
 from trajforge.store.catalogs import Catalog
-from trajforge.store.duck import connect, duck_type, extension_path, first_line, literal, quote
+from trajforge.store.duck import connect, extension_path, first_line, literal, quote
+from trajforge.store.duck import duck_type as duck_type  # its old import path
 from trajforge.store.sql_guard import ReadOnlyError as ReadOnlyError  # its old import path
 from trajforge.store.sql_guard import outside_sandbox, read_statements, sandbox
+from trajforge.store.tables import STEPS_VIEW as STEPS_VIEW  # its old import path
+from trajforge.store.tables import conform_all, create_tables
 
 DATA_DIR = "lake"
 
@@ -47,14 +50,6 @@ READER_LOCK_TIMEOUT_S = 10.0
 # commit. The age keeps a file that a writer is still committing (a multi-writer catalog such as
 # PostgreSQL, or a long transaction) out of reach: no commit takes an hour between write and commit.
 ORPHAN_MIN_AGE_S = 3600.0
-
-STEPS_VIEW = """
-CREATE {verb} lake.steps AS
-SELECT trajectory_id, task_id, env, search, policy, run_id,
-       s."index" AS step_index, s.observation, s.action, s.thought, s.reward, s.done, s.value,
-       success, s.tool_name, s.tool_arguments, s.tool_result
-FROM (SELECT *, UNNEST(steps) AS s FROM trajectories)
-"""
 
 
 class QueryTimeout(LakeError):
@@ -77,13 +72,6 @@ class _Lost(Exception):
 class CommitResult:
     snapshot_id: int | None
     added: dict[str, int] = field(default_factory=dict)
-
-
-def create_table_sql(name: str, schema: pa.Schema, key: str) -> str:
-    columns = ", ".join(
-        f"{quote(f.name)} {duck_type(f.type)}{' NOT NULL' if f.name == key else ''}" for f in schema
-    )
-    return f"CREATE TABLE IF NOT EXISTS lake.{quote(name)} ({columns})"
 
 
 class Lake:
@@ -183,7 +171,7 @@ class Lake:
                 con.execute("USE lake")
                 lake = cls(con, out, read_only, catalog, lock_timeout_s)
                 if not read_only:
-                    lake._create_tables()
+                    create_tables(con)
                     lake._delete_orphans()
             if read_only:
                 sandbox(con, out / DATA_DIR, *limits)
@@ -212,24 +200,6 @@ class Lake:
     def close(self) -> None:
         self._con.close()
 
-    def _create_tables(self) -> None:
-        """All tables of the contract and the `steps` view, in one snapshot (none if present)."""
-        self._con.execute("BEGIN")
-        try:
-            for name, (schema, key) in TABLES.items():
-                self._con.execute(create_table_sql(name, schema, key))
-                self._add_missing_columns(name, schema)
-            self._con.execute(STEPS_VIEW.format(verb="VIEW IF NOT EXISTS"))
-            view = self._con.execute(
-                "SELECT sql FROM duckdb_views() WHERE database_name = 'lake' AND view_name = 'steps'"
-            ).fetchone()
-            if view and "tool_result" not in view[0]:  # a lake from before the tool columns
-                self._con.execute(STEPS_VIEW.format(verb="OR REPLACE VIEW"))
-            self._con.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-
     def _delete_orphans(self) -> None:
         """Delete Parquet under lake/ that no snapshot of the catalog lists (a crashed commit)."""
         # Drained with fetchall: a result left half-read keeps its transaction, and with it a
@@ -240,31 +210,6 @@ class Lake:
         ).fetchall()
         if row and row[0]:
             log.warning("deleted %d orphaned files of crashed commits under %s", row[0], self.out / DATA_DIR)
-
-    def _add_missing_columns(self, name: str, schema: pa.Schema) -> None:
-        # New columns are added to the contract freely; lakes written before then catch up.
-        rows = self._con.execute(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_catalog = 'lake' AND table_name = ?",
-            [name],
-        ).fetchall()
-        present = {row[0] for row in rows}
-        for f in schema:
-            if f.name not in present:
-                column = f"{quote(f.name)} {duck_type(f.type)}"
-                self._con.execute(f"ALTER TABLE lake.{quote(name)} ADD COLUMN {column}")
-            elif pa.types.is_list(f.type) and pa.types.is_struct(f.type.value_type):
-                self._add_missing_fields(name, f)
-
-    def _add_missing_fields(self, name: str, column: pa.Field) -> None:
-        """New fields of a list of structs (a step's): without them an insert would drop their values."""
-        query = f"SELECT {quote(column.name)} FROM lake.{quote(name)} LIMIT 0"
-        have = self._con.execute(query).fetch_arrow_table().schema.field(column.name).type
-        known = {f.name for f in have.value_type}
-        for f in column.type.value_type:
-            if f.name not in known:
-                path = f"{quote(column.name)}.element.{quote(f.name)}"
-                self._con.execute(f"ALTER TABLE lake.{quote(name)} ADD COLUMN {path} {duck_type(f.type)}")
 
     def commit(
         self, tables: dict[str, pa.Table], run: dict[str, Any], *, step: dict[str, Any] | None = None
@@ -279,7 +224,7 @@ class Lake:
         if self.read_only:
             raise LakeError(f"the lake at {self.out} is open read-only; it cannot commit")
         try:
-            batches = _conform_all(tables, run if step is None else None)
+            batches = conform_all(tables, run if step is None else None)
         except (LakeError, pa.ArrowException, KeyError, TypeError, ValueError) as exc:
             raise LakeError(f"commit refused, the lake is unchanged: {exc}") from exc
         deadline = time.monotonic() + self._lock_timeout_s
@@ -424,31 +369,6 @@ class Lake:
     def has_run(self, run_id: str) -> bool:
         (row,) = self._con.execute("SELECT count(*) FROM lake.runs WHERE run_id = ?", [run_id]).fetchall()
         return bool(row and row[0])
-
-
-def _conform_all(tables: dict[str, pa.Table], run: dict[str, Any] | None) -> dict[str, pa.Table]:
-    """Each incoming table cast to its contract schema, checked before anything is written."""
-    unknown = sorted(set(tables) - set(TABLES))
-    if unknown:
-        raise LakeError(f"unknown tables {unknown}; the lake has {sorted(TABLES)}")
-    if "runs" in tables:
-        raise LakeError("pass the run row as `run`, not as a table")
-    batches = {name: _conform(name, table) for name, table in tables.items()}
-    if run is not None:
-        batches["runs"] = _conform("runs", to_table([run], RUNS))
-    return batches
-
-
-def _conform(name: str, table: pa.Table) -> pa.Table:
-    schema, key = TABLES[name]
-    missing = [c for c in schema.names if c not in table.column_names]
-    extra = [c for c in table.column_names if c not in schema.names]
-    if missing or extra:
-        raise LakeError(f"table {name}: missing columns {missing}, unknown columns {extra}")
-    conformed = table.select(schema.names).cast(schema)
-    if conformed.column(key).null_count:
-        raise LakeError(f"table {name}: {conformed.column(key).null_count} rows have no {key}")
-    return conformed
 
 
 def _open_error(out: Path, catalog: Catalog, exc: duckdb.Error) -> str:

@@ -367,14 +367,14 @@ def test_a_crashed_commit_leaves_no_orphans_after_the_next_writer_opens(out, mak
 def test_a_lake_from_before_the_tool_columns_keeps_a_tool_calls_fields(out, make, monkeypatch):
     """Steps gained fields (a tool call's name, arguments, result): an older lake's step struct
     catches up when opened for writing, so an insert does not drop them."""
-    import trajforge.store.lake as lake_module
+    import trajforge.store.tables as tables_module
 
     new_step = TRAJECTORIES.field("steps").type.value_type
     old_step = pa.struct([f for f in new_step if not f.name.startswith("tool_")])
     old = TRAJECTORIES.set(TRAJECTORIES.get_field_index("steps"), pa.field("steps", pa.list_(old_step)))
-    monkeypatch.setattr(lake_module, "TABLES", {**TABLES, "trajectories": (old, "trajectory_id")})
-    old_view = lake_module.STEPS_VIEW.replace(", s.tool_name, s.tool_arguments, s.tool_result", "")
-    monkeypatch.setattr(lake_module, "STEPS_VIEW", old_view)
+    monkeypatch.setattr(tables_module, "TABLES", {**TABLES, "trajectories": (old, "trajectory_id")})
+    old_view = tables_module.STEPS_VIEW.replace(", s.tool_name, s.tool_arguments, s.tool_result", "")
+    monkeypatch.setattr(tables_module, "STEPS_VIEW", old_view)
     Lake.open(out).close()
     monkeypatch.undo()
     row = make.trajectory(0)

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from trajforge.schemas import arrow
 from trajforge.schemas.records import Task
-from trajforge.store import lake as lake_module
+from trajforge.store import tables as tables_module
 from trajforge.store.lake import Lake
 
 NEW = ("goal", "setup", "witness", "solve_rate", "attempts", "difficulty", "generator")
@@ -17,7 +17,7 @@ def test_an_old_lake_gains_the_task_synthesis_columns_and_table(out, make, monke
     old_tasks = pa.schema([f for f in arrow.TASKS if f.name not in NEW])
     old = {k: v for k, v in arrow.TABLES.items() if k != "task_candidates"}
     old["tasks"] = (old_tasks, "task_id")
-    monkeypatch.setattr(lake_module, "TABLES", old)
+    monkeypatch.setattr(tables_module, "TABLES", old)
     row = {k: v for k, v in Task.make("toy", "t1", 1, "go").row().items() if k not in NEW}
     with Lake.open(out) as lake:
         lake.commit({"tasks": pa.Table.from_pylist([row], old_tasks)}, make.run_row())
