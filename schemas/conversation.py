@@ -1,9 +1,13 @@
 """One message format for everything that becomes chat data: SFT export, pair prefixes,
-LLM policy prompts. Observations are user turns, actions are assistant turns."""
+LLM policy prompts. Observations are user turns, actions are assistant turns.
+
+A step's user turn is rendered by `user_text` alone, for the LLM policy and the export alike: a
+model trained on exported conversations sees the prompts it is given when it acts. Where the step
+kept its admissible actions (Step.admissible), the turn ends with them and the answer format."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 SYSTEM_PROMPT = (
@@ -11,6 +15,24 @@ SYSTEM_PROMPT = (
     "Reply with one action the environment accepts, optionally preceded by a line "
     "'Thought: ...' with your reasoning."
 )
+
+
+ACTIONS_PROMPT = (
+    "Admissible actions:\n{actions}\n\n"
+    "Answer in two lines:\nThought: <your reasoning>\nAction: <exactly one admissible action>"
+)
+
+
+def actions_block(admissible: Sequence[str]) -> str:
+    """The end of a user turn: the admissible actions and how to answer."""
+    return "\n\n" + ACTIONS_PROMPT.format(actions="\n".join(f"- {a}" for a in admissible))
+
+
+def user_text(instruction: str, observation: str, index: int, admissible: Sequence[str] | None = None) -> str:
+    """The user turn of step `index`: the task with the first observation, later observations
+    alone; then the admissible actions block when the step has them."""
+    text = first_user_text(instruction, observation) if index == 0 else observation
+    return text + actions_block(admissible) if admissible else text
 
 
 def assistant_text(action: str, thought: str | None) -> str:
@@ -32,8 +54,8 @@ def messages(
     out = [{"role": "system", "content": SYSTEM_PROMPT.format(env=env)}]
     for step in steps:
         index = int(step["index"])
-        text = step["observation"]
-        out.append({"role": "user", "content": first_user_text(instruction, text) if index == 0 else text})
+        text = user_text(instruction, step["observation"], index, step.get("admissible"))
+        out.append({"role": "user", "content": text})
         if upto is not None and index >= upto:
             break
         out.append({"role": "assistant", "content": assistant_text(step["action"], step.get("thought"))})

@@ -111,6 +111,8 @@ class Step(Record):
     tool_name: str | None = None
     tool_arguments: str | None = None
     tool_result: str | None = None
+    # The actions the agent could choose from at this step: its prompt lists them (conversation.user_text).
+    admissible: list[str] | None = None
 
 
 class Trajectory(Record):

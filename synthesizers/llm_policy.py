@@ -1,8 +1,9 @@
 """A policy that asks a language model for the next action, ReAct style.
 
 Each step renders the instruction, the history and the current observation as chat messages
-(`schemas.conversation.messages`), lists the admissible actions in the last user turn and asks
-for "Thought: ...\nAction: ...". The action is always admissible:
+(`schemas.conversation.messages`, the export's rendering too), the admissible actions ending each
+user turn that kept them (always the last), and asks for "Thought: ...\nAction: ...".
+The action is always admissible:
 
 1. the free-text answer's action, when it names an admissible action (case and spacing aside);
 2. else a constrained request (`choice` = the admissible actions) going on from the thought,
@@ -38,13 +39,10 @@ from trajforge.inference.client import (
 from trajforge.inference.context import ContextWindow
 from trajforge.inference.scoring import score_candidates, softmax
 from trajforge.inference.specs import ClientOptions, reliable_client
+from trajforge.schemas.conversation import actions_block
 from trajforge.schemas.conversation import messages as conversation_messages
 from trajforge.synthesizers.policies import Context, Decision, sample
 
-ACTIONS_PROMPT = (
-    "Admissible actions:\n{actions}\n\n"
-    "Answer in two lines:\nThought: <your reasoning>\nAction: <exactly one admissible action>"
-)
 _ACTION = re.compile(r"^\s*Action\s*:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 _THOUGHT = re.compile(
     r"Thought\s*:\s*(.*?)\s*(?=^\s*Action\s*:|\Z)", re.IGNORECASE | re.MULTILINE | re.DOTALL
@@ -109,15 +107,15 @@ class LLMPolicy:
     # -- prompting --------------------------------------------------------------------------------
     def messages(self, ctx: Context) -> list[dict[str, str]]:
         history = list(ctx.history)[-self.max_history :] if self.max_history else []
-        current = {"index": len(ctx.history), "observation": ctx.observation}
+        # Each turn as the export renders it (conversation.user_text): steps that kept their
+        # admissible actions show them, the current one always.
+        current = {"index": len(ctx.history), "observation": ctx.observation, "admissible": ctx.admissible}
         steps = [*history, current]
         offset = int(steps[0]["index"]) if steps else 0
         # Reindex so the first shown step opens with the task, as in schemas.conversation.
         steps = [{**s, "index": int(s["index"]) - offset} for s in steps]
         env_name = getattr(ctx.env, "name", "environment")
-        out = conversation_messages(env_name, ctx.instruction, steps, upto=len(steps) - 1)
-        out[-1] = {**out[-1], "content": out[-1]["content"] + _actions_block(ctx.admissible)}
-        return out
+        return conversation_messages(env_name, ctx.instruction, steps, upto=len(steps) - 1)
 
     def _fit(
         self,
@@ -128,7 +126,7 @@ class LLMPolicy:
     ) -> list[dict[str, str]]:
         """`msgs` fitted to the context with `reserve` tokens left for the answer, the task (the
         first user turn's first paragraph) and the admissible actions kept whole."""
-        block = _actions_block(admissible)
+        block = actions_block(admissible)
         tail = len(block) if msgs and msgs[-1]["content"].endswith(block) else 0
         first = next((m["content"] for m in msgs if m["role"] == "user"), "")
         head = first.find("\n\n") + 2 if first.startswith("Task: ") and "\n\n" in first else 0
@@ -195,11 +193,6 @@ class LLMPolicy:
             return {}
         scores, _ = self.loglikelihoods(self.messages(ctx), "Action: ", list(ctx.admissible))
         return dict(zip(ctx.admissible, softmax(scores), strict=True))
-
-
-def _actions_block(admissible: list[str]) -> str:
-    """The end of the last user turn: the admissible actions and how to answer."""
-    return "\n\n" + ACTIONS_PROMPT.format(actions="\n".join(f"- {a}" for a in admissible))
 
 
 def _sample(candidates: list[str], scores: list[float], temperature: float, rng: random.Random) -> str:

@@ -81,6 +81,7 @@ def rollout(
                 thought=decision.thought,
                 reward=outcome.reward,
                 done=outcome.done,
+                admissible=admissible,
             )
         )
         observation = capped(outcome.observation)

@@ -4,6 +4,8 @@ pairs (DPO), unpaired completions (KTO) and stepwise process supervision (PRM).
 Messages are the chat messages of schemas.conversation. With `tool_calls`, each action becomes a
 call of one tool, `act(action)`, with its arguments as a dict, and each later observation the
 tool's answer (role `tool`, paired by `tool_call_id`); styles turn them into their own shapes.
+A trajectory of an environment with tools (its `tools` column set) comes out with its real calls
+(the step's `tool_name` and `tool_arguments`) and the environment's tools, whatever `tool_calls`.
 """
 
 from __future__ import annotations
@@ -51,17 +53,49 @@ class Example:
     id: str
     fields: dict[str, Any]
     meta: dict[str, Any]
+    tools: list[dict[str, Any]] | None = None  # the tools the row's calls call (OpenAI's format)
 
 
 def sft_examples(rows: Iterable[dict[str, Any]], opts: Options) -> Iterator[Example]:
     for row in rows:
+        meta = {"env": row["env"], "policy": row["policy"], "total_reward": row["total_reward"]}
+        if row.get("tools"):
+            msgs = tool_call_messages(row, opts)
+            yield Example(row["task_id"], row["id"], {"messages": msgs}, meta, json.loads(row["tools"]))
+            continue
         msgs = _clean(conversation.messages(row["env"], row["instruction"], row["steps"] or []), opts)
-        yield Example(
-            row["task_id"],
-            row["id"],
-            {"messages": _tooled(msgs, opts)},
-            {"env": row["env"], "policy": row["policy"], "total_reward": row["total_reward"]},
-        )
+        yield Example(row["task_id"], row["id"], {"messages": _tooled(msgs, opts)}, meta, _act_tools(opts))
+
+
+def tool_call_messages(row: dict[str, Any], opts: Options) -> list[Message]:
+    """The conversation of a trajectory whose actions are tool calls: each call an assistant turn
+    with `tool_calls` (arguments a dict), the observation after it the tool's answer. A step that
+    was no valid call stays a text turn, and the observation after it a user turn. The user turns
+    carry no admissible-actions block: a tool-calling model is given the tools instead."""
+    out = conversation.messages(row["env"], row["instruction"], [])
+    call: tuple[str, str] | None = None  # (id, name) of the previous step's call
+    for step in row["steps"] or []:
+        index = int(step["index"])
+        if call is None:
+            text = conversation.user_text(row["instruction"], step["observation"], index)
+            out.append({"role": "user", "content": text})
+        else:
+            id_, name = call
+            out.append({"role": "tool", "tool_call_id": id_, "name": name, "content": step["observation"]})
+        thought = None if step.get("thought") in opts.dull_thoughts else step.get("thought")
+        if step.get("tool_name"):
+            call = (f"call_{index}", step["tool_name"])
+            function = {"name": call[1], "arguments": json.loads(step["tool_arguments"] or "{}")}
+            tool_calls = [{"id": call[0], "type": "function", "function": function}]
+            out.append({"role": "assistant", "content": thought or "", "tool_calls": tool_calls})
+        else:
+            call = None
+            out.append({"role": "assistant", "content": conversation.assistant_text(step["action"], thought)})
+    return out
+
+
+def _act_tools(opts: Options) -> list[dict[str, Any]] | None:
+    return TOOLS if opts.tool_calls else None
 
 
 def prm_examples(rows: Iterable[dict[str, Any]], opts: Options) -> Iterator[Example]:
@@ -109,7 +143,7 @@ def dpo_examples(rows: Iterable[dict[str, Any]], opts: Options, dropped: dict[st
             fields = {"prompt": _tooled(prompt, opts)}
             whole_c, whole_r = _tooled(prompt + chosen, opts), _tooled(prompt + rejected, opts)
             fields["chosen"], fields["rejected"] = whole_c[len(prompt) :], whole_r[len(prompt) :]
-            yield Example(row["task_id"], row["id"], fields, _pair_meta(row))
+            yield Example(row["task_id"], row["id"], fields, _pair_meta(row), _act_tools(opts))
 
 
 def kto_examples(rows: Iterable[dict[str, Any]], opts: Options, dropped: dict[str, int]) -> Iterator[Example]:
@@ -134,6 +168,7 @@ def kto_examples(rows: Iterable[dict[str, Any]], opts: Options, dropped: dict[st
                     f"{row['id']}:{side}",
                     {"prompt": whole[: len(prefix)], "completion": whole[len(prefix) :], "label": label},
                     _pair_meta(row),
+                    _act_tools(opts),
                 )
 
 

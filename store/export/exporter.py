@@ -102,7 +102,9 @@ def export(lake: Lake, dest: Path | str, spec: ExportSpec, *, overwrite: bool = 
     check_spec(spec)
     layout.check_dest(dest, given, overwrite, lake.out)
     sql = query.format_query(spec.format, spec.where, spec.sources, spec.min_gap)
-    style = make_style(spec.style, spec.format, spec.tool_calls)
+    # Real tool calls in the selection need the tool-call shape (a `tools` column, JSON messages).
+    tooled = spec.tool_calls or (spec.format == "sft" and query.has_tools(lake, sql))
+    style = make_style(spec.style, spec.format, tooled)
     snapshot = lake.snapshot_id()
     settings = {**asdict(spec), "sources": list(spec.sources), "snapshot_id": snapshot}
     config_hash = hashlib.sha256(

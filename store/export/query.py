@@ -20,7 +20,9 @@ class ExportError(LakeError):
 # The table each format reads, and its columns: `--where` is one condition on them.
 SOURCE_TABLE = {"sft": "trajectories", "prm": "trajectories", "dpo": "pairs", "kto": "pairs"}
 
-_TRAJECTORY_COLUMNS = "trajectory_id AS id, task_id, env, instruction, policy, steps, total_reward, success"
+_TRAJECTORY_COLUMNS = (
+    "trajectory_id AS id, task_id, env, instruction, policy, steps, total_reward, success, tools"
+)
 _PAIR_COLUMNS = (
     "pair_id AS id, task_id, step_index, prefix, chosen, rejected, q_chosen, q_rejected, source, policy"
 )
@@ -117,6 +119,11 @@ def _holds_query(node: Any) -> bool:
     if isinstance(node, list):
         return any(_holds_query(v) for v in node)
     return False
+
+
+def has_tools(lake: Lake, query: str) -> bool:
+    """Whether some row of a trajectory query declares tools: its export then carries tool calls."""
+    return bool(lake.sql(f"SELECT count(tools) AS n FROM ({query})").column(0)[0].as_py())
 
 
 def constant_thoughts(lake: Lake) -> frozenset[str]:

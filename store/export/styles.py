@@ -2,9 +2,11 @@
 
 - trl: TRL 1.16's column sets (trl/data_utils.py): `messages`; `prompt`/`chosen`/`rejected`;
   `prompt`/`completion`/`label`; and the stepwise `prompt`/`completions`/`labels` of the PRM
-  trainer TRL dropped after 1.13. Tool-call arguments stay dicts. Messages whose keys differ
-  (tool calls) are stored one JSON object each (`list<json>`): Parquet's struct unification would
-  give every message every key as null, which crashes real chat templates (Llama 3.1/3.2).
+  trainer TRL dropped after 1.13. Tool-call arguments stay dicts; the row's tools (Example.tools)
+  go in a `tools` column of JSON text, which TRL's SFTTrainer passes to the chat template.
+  Messages whose keys differ (tool calls) are stored one JSON object each (`list<json>`):
+  Parquet's struct unification would give every message every key as null, which crashes real
+  chat templates (Llama 3.1/3.2).
 - sharegpt: LLaMA-Factory's sharegpt (`conversations` of {from, value}, `system`, `tools`);
   a function call's value is the JSON of {name, arguments} with arguments a dict.
 - openai: OpenAI fine-tuning JSONL: chat SFT `messages` (+ `tools`), DPO `input`/
@@ -20,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from trajforge.store.export.convert import TOOLS, Example, Message
+from trajforge.store.export.convert import Example, Message
 
 JSON = pa.json_(pa.string())
 TEXT_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -55,7 +57,7 @@ def make_style(name: str, fmt: str, tool_calls: bool) -> Style:
         return Style(name, fmt, _trl_schema(fmt, tool_calls), lambda e: _trl_row(e, fmt, tool_calls))
     if name == "sharegpt":
         return Style(name, fmt, _sharegpt_schema(fmt), _sharegpt_row)
-    return Style(name, fmt, None, lambda e: _openai_row(e, tool_calls))
+    return Style(name, fmt, None, _openai_row)
 
 
 # --- trl -------------------------------------------------------------------------------------
@@ -95,8 +97,8 @@ def _trl_schema(fmt: str, tool_calls: bool) -> pa.Schema:
 
 def _trl_row(example: Example, fmt: str, tool_calls: bool) -> dict[str, Any]:
     row = dict(example.fields)
-    if tool_calls and example.fields.keys() & {"messages", "prompt"} and "completions" not in row:
-        row["tools"] = json.dumps(TOOLS)
+    if tool_calls and fmt != "prm":  # the column is there; a text row of a mixed export has no tools
+        row["tools"] = json.dumps(example.tools) if example.tools else None
     return {**row, ID_COLUMN[fmt]: example.id, "task_id": example.task_id, **example.meta}
 
 
@@ -157,10 +159,8 @@ def _sharegpt_row(example: Example) -> dict[str, Any]:
     f = example.fields
     head = f.get("messages") or f["prompt"]
     system = head[0]["content"] if head and head[0]["role"] == "system" else ""
-    tooled = any(
-        m.get("tool_calls") for key in ("messages", "prompt", "chosen", "completion") for m in f.get(key, [])
-    )
-    row: dict[str, Any] = {"system": system, "tools": json.dumps(TOOLS) if tooled else "", "id": example.id}
+    tools = json.dumps(example.tools) if example.tools else ""
+    row: dict[str, Any] = {"system": system, "tools": tools, "id": example.id}
     strip = 1 if system else 0
     if "messages" in f:
         row["conversations"] = [_turn(m) for m in f["messages"][strip:]]
@@ -196,9 +196,9 @@ def _openai_message(m: Message) -> dict[str, Any]:
     return {"role": m["role"], "content": m["content"]}
 
 
-def _openai_row(example: Example, tool_calls: bool) -> dict[str, Any]:
+def _openai_row(example: Example) -> dict[str, Any]:
     f = example.fields
-    tools = {"tools": TOOLS} if tool_calls else {}
+    tools = {"tools": example.tools} if example.tools else {}
     if "messages" in f:
         return {"messages": [_openai_message(m) for m in f["messages"]], **tools}
     return {

@@ -171,6 +171,7 @@ class MCTS:
                     action=action,
                     reward=visit.reward,
                     done=visit.done,
+                    admissible=list(admissible),
                 )
             )
             prefix, observation, admissible = (*prefix, action), visit.observation, visit.admissible
@@ -209,6 +210,7 @@ class MCTS:
                 action=c.action or "",
                 reward=c.reward,
                 done=c.terminal,
+                admissible=list(c.parent.admissible) if c.parent and c.parent.admissible else None,
             )
             for i, c in enumerate(chain)
         ]

@@ -138,6 +138,7 @@ def _advance(
         thought=decision.thought,
         reward=visit.reward,
         done=visit.done,
+        admissible=list(p.visit.admissible),
     )
     key, steps = (*p.key, decision.action), (*p.steps, step)
     return Particle(key, steps, visit, p.reward + visit.reward, value), decision

@@ -27,6 +27,7 @@ STEP = pa.struct(
         ("tool_name", pa.string()),
         ("tool_arguments", pa.string()),
         ("tool_result", pa.string()),
+        ("admissible", pa.list_(pa.string())),
     ]
 )
 

@@ -83,6 +83,42 @@ def make() -> SimpleNamespace:
     return SimpleNamespace(trajectory=trajectory, task=task, run_row=run_row, batch=batch, now=NOW)
 
 
+@pytest.fixture(scope="session")
+def rollout_lake() -> Any:
+    """`search_lake`, for fixtures of any scope."""
+    return search_lake
+
+
+def search_lake(out: Any, env: Any, policy: Any, specs: list, max_steps: int = 8) -> Any:
+    """A lake (at `out`) of one real rollout of `policy` per task spec, recorded as the pipeline
+    records it (with the environment's tools, if it declares any)."""
+    from trajforge.pipelines.spec import planned_task
+    from trajforge.store.lake import Lake
+    from trajforge.synthesizers.records import item_key, search_records
+    from trajforge.synthesizers.search import SearchSettings, search
+
+    settings = SearchSettings(method="rollout", max_steps=max_steps)
+    rows: dict[str, list[dict]] = {"tasks": [], "trajectories": []}
+    for spec in specs:
+        result = search(env, spec, policy, settings, 0)
+        task = {**planned_task(env.name, spec.env_task, spec.seed), "instruction": result.instruction}
+        key = item_key(policy.spec, settings)
+        tools = getattr(env, "tools", None)
+        for table, row in search_records(
+            task, policy.spec, key, result, settings, run_id="run-s", tools=tools
+        ):
+            if table == "trajectories":
+                rows[table].append(row)
+        rows["tasks"].append(task | {"source": "env", "run_id": "run-s", "created_at": NOW})
+    with Lake.open(out) as lake:
+        tables = {
+            "tasks": to_table(rows["tasks"], TASKS),
+            "trajectories": to_table(rows["trajectories"], TRAJECTORIES),
+        }
+        lake.commit(tables, run_row("run-s"))
+    return out
+
+
 def _toy_search_rows(tasks: int = 8) -> dict[str, list[dict]]:
     """A small real run without Prefect or Beam: MCTS (random policy, every terminal path kept, so
     there are step values and sibling pairs) and best-of-n rollouts (failures among them) on toy

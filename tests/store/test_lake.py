@@ -365,12 +365,13 @@ def test_a_crashed_commit_leaves_no_orphans_after_the_next_writer_opens(out, mak
 
 
 def test_a_lake_from_before_the_tool_columns_keeps_a_tool_calls_fields(out, make, monkeypatch):
-    """Steps gained fields (a tool call's name, arguments, result): an older lake's step struct
+    """Steps gained fields (a tool call's name, arguments, result; the admissible actions): an older
+    lake's step struct
     catches up when opened for writing, so an insert does not drop them."""
     import trajforge.store.tables as tables_module
 
     new_step = TRAJECTORIES.field("steps").type.value_type
-    old_step = pa.struct([f for f in new_step if not f.name.startswith("tool_")])
+    old_step = pa.struct([f for f in new_step if not f.name.startswith("tool_") and f.name != "admissible"])
     old = TRAJECTORIES.set(TRAJECTORIES.get_field_index("steps"), pa.field("steps", pa.list_(old_step)))
     monkeypatch.setattr(tables_module, "TABLES", {**TABLES, "trajectories": (old, "trajectory_id")})
     old_view = tables_module.STEPS_VIEW.replace(", s.tool_name, s.tool_arguments, s.tool_result", "")
@@ -378,10 +379,14 @@ def test_a_lake_from_before_the_tool_columns_keeps_a_tool_calls_fields(out, make
     Lake.open(out).close()
     monkeypatch.undo()
     row = make.trajectory(0)
-    row["steps"][0].update(tool_name="view_cart", tool_arguments="{}", tool_result='{"total": 0}')
+    row["steps"][0].update(
+        tool_name="view_cart", tool_arguments="{}", tool_result='{"total": 0}', admissible=["a", "b"]
+    )
     with Lake.open(out) as lake:
         lake.commit(make.batch([row]), make.run_row())
         stored = lake.sql("SELECT tool_name, tool_arguments, tool_result FROM steps WHERE step_index = 0")
+        offered = lake.sql("SELECT steps[1].admissible AS a FROM trajectories").to_pylist()
+    assert offered == [{"a": ["a", "b"]}]
     assert stored.to_pylist() == [
         {"tool_name": "view_cart", "tool_arguments": "{}", "tool_result": '{"total": 0}'}
     ]
