@@ -81,8 +81,9 @@ class RunProgress:
     def _show(self, line: str) -> None:
         if self._live is not None:
             self._live.update(self._panel())
-        else:
-            print(line, file=self.stream, flush=True)
+        else:  # written, not printed: the flow's log_prints would turn a print into a (hidden) log
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def _panel(self) -> Any:
         from rich.panel import Panel

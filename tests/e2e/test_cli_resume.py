@@ -18,9 +18,11 @@ from trajforge.store.lake import Lake
 
 
 def _error_line(stderr: str) -> str:
+    """The one error line that ends a refused run (the progress lines come before it)."""
     lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    return lines[0]
+    assert lines[-1].startswith("error: ") and not any(x.startswith("error: ") for x in lines[:-1]), stderr
+    assert all(x.startswith("run ") for x in lines[:-1]), stderr  # nothing else: no traceback, no logs
+    return lines[-1]
 
 
 def _lake_trajectories(cli, out: Path) -> int:

@@ -85,6 +85,8 @@ def test_another_seed_adds_rows_and_an_old_snapshot_still_reads(cli, lake):
     result = cli("run", "--out", str(lake), "--tasks", "4", "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert count(cli, lake, "trajectories") == before + 8
+    # Off a terminal, progress comes as plain lines on stderr (items done, successes, rates, ETA).
+    assert any(line.startswith("run ") and " items, " in line for line in result.stderr.splitlines())
     old = cli(
         "sql",
         "--out",
