@@ -5,6 +5,7 @@ tokenizer, chat template and files are those of a real model."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from trajforge.schemas.conversation import SYSTEM_PROMPT
@@ -41,7 +42,7 @@ def build_tiny_model(directory: str | Path, *, vocab_size: int = 512, seed: int 
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(vocab_size)
+    tokenizer = train_tokenizer(_CORPUS * 4, vocab_size)
     tokenizer.save_pretrained(out)
     _portable_tokenizer_config(out / "tokenizer_config.json")
     config = LlamaConfig(
@@ -70,7 +71,9 @@ def _portable_tokenizer_config(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2))
 
 
-def _train_tokenizer(vocab_size: int):  # -> PreTrainedTokenizerFast (imported lazily)
+def train_tokenizer(texts: Iterable[str], vocab_size: int, chat_template: str = CHAT_TEMPLATE):
+    """A byte-level BPE tokenizer trained on `texts`, with the tiny model's special tokens and
+    `chat_template` (a PreTrainedTokenizerFast; tokenizers and transformers imported lazily)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -83,11 +86,11 @@ def _train_tokenizer(vocab_size: int):  # -> PreTrainedTokenizerFast (imported l
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|bos|>",
         eos_token="<|end|>",
         pad_token="<|pad|>",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template,
     )

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trajforge.inference.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
+from trajforge.inference import tiny
+from trajforge.inference.tiny import CHAT_TEMPLATE
 
 SCRATCH = "scratch"
 SMOLLM2 = "smollm2"
@@ -132,26 +133,7 @@ def build_scratch(texts: Iterable[str], *, seed: int, size: ScratchSize):
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):  # -> PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|bos|>",
-        eos_token="<|end|>",
-        pad_token="<|pad|>",
-        chat_template=TRAINING_CHAT_TEMPLATE,
-    )
+    return tiny.train_tokenizer(texts, vocab_size, chat_template=TRAINING_CHAT_TEMPLATE)
 
 
 def is_scratch_template(tokenizer: Any) -> bool:
