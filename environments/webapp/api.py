@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from typing import Any
 
 from trajforge.environments.base import ConfigError, Reset, StepOutcome, TaskSpec
 from trajforge.environments.tools import InvalidCall, check_call, function, invalid_outcome
 from trajforge.environments.webapp.shop import KINDS, Shop
-from trajforge.environments.webapp.tasks import TEMPLATES, ShopTask, make_task
+from trajforge.environments.webapp.tasks import (
+    ShopTask,
+    check_template,
+    chosen_templates,
+    make_task,
+    template_specs,
+)
 from trajforge.schemas.toolcalls import encode_call
 
 _ID = {"type": "integer", "minimum": 1, "description": "a product's id, as search_products shows it"}
@@ -76,10 +81,7 @@ class ShopApiEnvironment:
     }
 
     def __init__(self, templates: list[str] | None = None) -> None:
-        self.templates = list(TEMPLATES if templates is None else templates)
-        unknown = [t for t in self.templates if t not in TEMPLATES]
-        if unknown or not self.templates:
-            raise ConfigError(f"templates: {unknown or '[]'} invalid; choose among {', '.join(TEMPLATES)}")
+        self.templates = chosen_templates(templates)
         self.shop = Shop.seeded(0)
         self.task: ShopTask | None = None
         self._shown: list[int] = []  # product ids the last search or lookup showed
@@ -88,16 +90,10 @@ class ShopApiEnvironment:
         self._done = False
 
     def task_specs(self, n: int, seed: int) -> list[TaskSpec]:
-        rng = random.Random(seed)  # the same specs as the browser shop's for the same seed
-        return [
-            TaskSpec(self.templates[i % len(self.templates)], seed=rng.randrange(2**31)) for i in range(n)
-        ]
+        return template_specs(self.templates, n, seed)
 
     def reset(self, task: TaskSpec) -> Reset:
-        if task.env_task not in TEMPLATES:
-            raise ConfigError(
-                f"env_task: {task.env_task!r} is not a shop template; use one of {', '.join(TEMPLATES)}"
-            )
+        check_template(task)
         self.shop = Shop.seeded(task.seed)
         self.task = make_task(task.env_task, self.shop, task.seed)
         self._shown, self._plan, self._plan_pos, self._done = [], api_plan(self.task, self.shop), 0, False

@@ -4,15 +4,20 @@ tasks from templates, success decided by checkers that read the server's state."
 from __future__ import annotations
 
 import copy
-import random
 from typing import Any
 
-from trajforge.environments.base import ConfigError, EnvironmentFailure, Reset, StepOutcome, TaskSpec
+from trajforge.environments.base import EnvironmentFailure, Reset, StepOutcome, TaskSpec
 from trajforge.environments.browser import LocalSiteEnvironment, quote
 from trajforge.environments.goals import Fact, PredicateKind
 from trajforge.environments.webapp import goals
 from trajforge.environments.webapp.server import ShopServer
-from trajforge.environments.webapp.tasks import TEMPLATES, ShopTask, make_task
+from trajforge.environments.webapp.tasks import (
+    ShopTask,
+    check_template,
+    chosen_templates,
+    make_task,
+    template_specs,
+)
 
 
 class WebAppEnvironment(LocalSiteEnvironment):
@@ -23,25 +28,16 @@ class WebAppEnvironment(LocalSiteEnvironment):
         """`browser_options` are BrowserEnvironment's (screenshots, timeouts, headless, ...)."""
         super().__init__(**browser_options)
         self._config = {"templates": templates, **browser_options}
-        self.templates = list(TEMPLATES if templates is None else templates)
-        unknown = [t for t in self.templates if t not in TEMPLATES]
-        if unknown or not self.templates:
-            raise ConfigError(f"templates: {unknown or '[]'} invalid; choose among {', '.join(TEMPLATES)}")
+        self.templates = chosen_templates(templates)
         self._shop_task: ShopTask | None = None
         self._plan_pos: int | None = 0  # plan steps followed so far; None once the agent left the plan
         self._free = False  # free play: a goal (environments.goals) judges, not the template
 
     def task_specs(self, n: int, seed: int) -> list[TaskSpec]:
-        rng = random.Random(seed)
-        return [
-            TaskSpec(self.templates[i % len(self.templates)], seed=rng.randrange(2**31)) for i in range(n)
-        ]
+        return template_specs(self.templates, n, seed)
 
     def reset(self, task: TaskSpec) -> Reset:
-        if task.env_task not in TEMPLATES:
-            raise ConfigError(
-                f"env_task: {task.env_task!r} is not a shop template; use one of {', '.join(TEMPLATES)}"
-            )
+        check_template(task)
         return super().reset(task)
 
     def _serve(self) -> ShopServer:

@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from trajforge.environments.base import ConfigError, TaskSpec
 from trajforge.environments.webapp.shop import Shop
 
 Check = Callable[[Shop], bool]
@@ -135,3 +136,25 @@ TEMPLATES: dict[str, Callable[[Shop, random.Random], ShopTask]] = {
 
 def make_task(template: str, shop: Shop, seed: int) -> ShopTask:
     return TEMPLATES[template](shop, random.Random(seed))
+
+
+def chosen_templates(templates: list[str] | None) -> list[str]:
+    """The `templates` option of both shops (browser and API), checked: one-line error on a bad name."""
+    chosen = list(TEMPLATES if templates is None else templates)
+    unknown = [t for t in chosen if t not in TEMPLATES]
+    if unknown or not chosen:
+        raise ConfigError(f"templates: {unknown or '[]'} invalid; choose among {', '.join(TEMPLATES)}")
+    return chosen
+
+
+def template_specs(templates: list[str], n: int, seed: int) -> list[TaskSpec]:
+    """n tasks cycling through `templates`: the same specs for both shops and the same seed."""
+    rng = random.Random(seed)
+    return [TaskSpec(templates[i % len(templates)], seed=rng.randrange(2**31)) for i in range(n)]
+
+
+def check_template(task: TaskSpec) -> None:
+    if task.env_task not in TEMPLATES:
+        raise ConfigError(
+            f"env_task: {task.env_task!r} is not a shop template; use one of {', '.join(TEMPLATES)}"
+        )
