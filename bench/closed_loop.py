@@ -7,10 +7,9 @@
 1. TextWorld cooking games (settings where reading matters: several rooms, two-ingredient
    recipes), split by game into train and held-out (no held-out game is a train game).
 2. `trajforge run` on the train games: the oracle (rollout) and MCTS (random policy, uniform prior).
-3. `trajforge export --format sft`: oracle trajectories only, and oracle + MCTS; DPO rows from the
-   lake's MCTS sibling pairs (single-step: prompt = the conversation so far, chosen/rejected = one
-   assistant turn), built here from the `pairs` table (BENCH-LOCAL, until `trajforge export
-   --format dpo` lands; only the TRL conversational layout is assumed).
+3. `trajforge export --format sft`: oracle trajectories only, and oracle + MCTS;
+   `trajforge export --format dpo --sources mcts_sibling`: the lake's MCTS sibling pairs as
+   single-step preference rows (prompt = the conversation so far, chosen/rejected = one turn).
 4. `trajforge train`: one starting model written with `--steps 0` (scratch: a ~1M-parameter Llama
    and a tokenizer trained on the oracle export's text; or SmolLM2-135M-Instruct from its GGUF), then SFT
    on each export for the same number of steps from that same model, then DPO on top of oracle SFT.
@@ -29,7 +28,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
@@ -44,6 +42,9 @@ def trajforge(*args: str, timeout: float = 3600) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args[:1])} failed ({done.returncode}): {done.stderr[-2000:]}")
+    for line in done.stderr.splitlines():
+        if line.startswith("warning:"):
+            print(f"{args[0]}: {line}", flush=True)
     return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
@@ -68,31 +69,13 @@ def run_config(path: Path, env_options: dict, **fields) -> Path:
     return path
 
 
-def dpo_from_pairs(lake_dir: Path, dest: Path) -> int:
-    """BENCH-LOCAL: MCTS sibling pairs as TRL conversational preference rows."""
-    with Lake.open(lake_dir, read_only=True) as lake:
-        rows = lake.sql(
-            "SELECT prefix, chosen, rejected FROM pairs WHERE source = 'mcts_sibling' ORDER BY pair_id"
-        ).to_pylist()
-    out = [
-        {
-            "prompt": json.loads(r["prefix"]),
-            "chosen": [{"role": "assistant", "content": r["chosen"]}],
-            "rejected": [{"role": "assistant", "content": r["rejected"]}],
-        }
-        for r in rows
-    ]
-    (dest / "data").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(out), dest / "data" / "train-00000-of-00001.parquet")
-    return len(out)
-
-
 def export_all(lake: Path, data: dict[str, Path], pairs: bool) -> None:
     where = ["--where", "search = 'rollout'"]
     trajforge("export", "--out", str(lake), "--dest", str(data["sft-oracle"]), *where, "--overwrite")
     trajforge("export", "--out", str(lake), "--dest", str(data["sft-all"]), "--overwrite")
     if pairs:
-        dpo_from_pairs(lake, data["dpo"])
+        dpo = ["--format", "dpo", "--sources", "mcts_sibling"]
+        trajforge("export", "--out", str(lake), "--dest", str(data["dpo"]), *dpo, "--overwrite")
 
 
 def main() -> None:
@@ -114,7 +97,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-steps", type=int, default=40, help="steps per episode (runs and evaluation)")
     ap.add_argument("--mcts-budget", type=int, default=800, help="env steps per MCTS task")
-    ap.add_argument("--max-length", type=int, default=1024, help="tokens per training row")
+    ap.add_argument(
+        "--max-length", type=int, default=2048, help="tokens per training row (a longer row loses its end)"
+    )
     ap.add_argument("--eval-steps", type=int, default=30, help="steps per held-out episode")
     ap.add_argument("--eval-tokens", type=int, default=24, help="tokens a model may write per step")
     ap.add_argument("--work", type=Path, default=Path("bench-closed-loop"))

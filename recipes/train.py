@@ -57,6 +57,8 @@ class TrainResult:
     parameters: int
     wall_s: float
     losses: list[float]
+    cut: int = 0  # rows longer than max_length: TRL cuts their end, so their last turns go untrained
+    dropped: int = 0  # DPO rows whose prompt alone fills max_length: TRL leaves them out
 
 
 def check_extra() -> None:
@@ -90,6 +92,12 @@ def train(settings: TrainSettings) -> TrainResult:
         model, tokenizer = load_start(s.model, _texts(dataset, s.format), seed=s.seed, size=s.scratch)
     except ModelError as exc:
         raise TrainError(str(exc)) from None
+    cut, dropped = too_long(dataset, tokenizer, s.format, s.max_length) if s.steps else (0, 0)
+    if dropped and dropped == len(dataset):
+        raise TrainError(
+            f"--max-length {s.max_length}: every row's prompt is longer than that, so none would train; "
+            "raise --max-length"
+        )
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     start = time.monotonic()
@@ -97,9 +105,8 @@ def train(settings: TrainSettings) -> TrainResult:
         losses = _fit(s, model, tokenizer, dataset, tmp / ".work") if s.steps else []
         shutil.rmtree(tmp / ".work", ignore_errors=True)
         save(model, tokenizer, tmp)
-        result = TrainResult(
-            out, len(dataset), s.steps, model.num_parameters(), round(time.monotonic() - start, 1), losses
-        )
+        wall_s = round(time.monotonic() - start, 1)
+        result = TrainResult(out, len(dataset), s.steps, model.num_parameters(), wall_s, losses, cut, dropped)
         record = {**asdict(s), **asdict(result), "data": s.data and str(s.data), "out": str(out)}
         (tmp / RECORD).write_text(json.dumps(record, indent=1, default=str) + "\n")
         if out.exists():
@@ -140,6 +147,26 @@ def load_rows(data: Path, fmt: str) -> Any:
     if len(rows) == 0:
         raise TrainError(f"--data {data}: the train split has no rows; export a lake with successes")
     return rows.select_columns(list(FORMATS[fmt]))
+
+
+def too_long(rows: Any, tokenizer: Any, fmt: str, max_length: int) -> tuple[int, int]:
+    """(cut, dropped): rows whose chat-templated tokens exceed `max_length`, and DPO rows whose
+    prompt alone reaches it. TRL silently cuts the first at their end (a conversation loses its
+    last turns, often the ones that win the task) and drops the second."""
+
+    def tokens(messages: list[dict], prompt: bool = False) -> int:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    cut = dropped = 0
+    for row in rows:
+        if fmt == "sft":
+            cut += tokens(row["messages"]) > max_length
+        elif tokens(row["prompt"], prompt=True) >= max_length:
+            dropped += 1
+        else:
+            cut += max(tokens(row["prompt"] + row[side]) for side in ("chosen", "rejected")) > max_length
+    return cut, dropped
 
 
 def _texts(rows: Any, fmt: str) -> Iterator[str]:

@@ -22,14 +22,14 @@ pytestmark = [
 SMALL = ScratchSize(vocab_size=300, hidden_size=32, intermediate_size=64, layers=1, heads=2, kv_heads=1)
 
 
-def _dpo_rows(folder: Path) -> Path:
+def _dpo_rows(folder: Path, chosen: str = "take key") -> Path:
     rows = [
         {
             "prompt": [
                 {"role": "system", "content": "Play."},
                 {"role": "user", "content": f"Room {i}: a key."},
             ],
-            "chosen": [{"role": "assistant", "content": "take key"}],
+            "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": "go west"}],
         }
         for i in range(8)
@@ -87,3 +87,18 @@ def test_dpo_trains_on_preference_rows_and_the_model_serves_as_an_hf_policy(tmp_
         return lps[0] - lps[1]
 
     assert margin(tuned) > margin(start) and margin(tuned) > 0
+
+
+def test_rows_longer_than_max_length_are_reported_not_silently_cut(tmp_path):
+    data = _dpo_rows(tmp_path / "dpo", chosen="take key, then open the chest with it and take the gold")
+    start = tmp_path / "start"
+    train(TrainSettings("dpo", data, "scratch", start, steps=0, scratch=SMALL))
+    args = ["train", "--format", "dpo", "--data", str(data), "--model", str(start), "--steps", "1"]
+    cut = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "cut"), "--max-length", "24"])
+    assert cut.exit_code == 0, cut.output
+    assert "warning: of 8 rows, 8 are longer than --max-length 24 tokens" in cut.output
+    none = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "none"), "--max-length", "16"])
+    assert none.exit_code == 2 and "every row's prompt is longer" in none.output
+    assert not (tmp_path / "none").exists()
+    whole = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "whole"), "--max-length", "512"])
+    assert whole.exit_code == 0 and "warning" not in whole.output

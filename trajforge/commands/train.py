@@ -55,6 +55,13 @@ def train(
     except TrainError as exc:
         raise fail(str(exc)) from None
     loss = f", loss {result.losses[0]} -> {result.losses[-1]}" if result.losses else ""
+    if result.cut or result.dropped:
+        typer.echo(
+            f"warning: of {result.rows} rows, {result.cut} are longer than --max-length "
+            f"{settings.max_length} tokens (their ends, the last turns, were not trained) and "
+            f"{result.dropped} have a longer prompt (left out); raise --max-length",
+            err=True,
+        )
     typer.echo(
         f"trained {result.parameters:,} parameters for {result.steps} steps on {result.rows} rows in "
         f"{result.wall_s} s{loss}; use it as --policy hf:{result.out}"
